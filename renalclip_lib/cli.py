@@ -1,0 +1,133 @@
+"""The ``renalclip`` command line.
+
+Exit codes: 0 success; 2 bad input (one line ``renalclip: error: <file>: <problem>`` on stderr, no
+partial output); 1 an unexpected internal error (a bug: please report it with the traceback).
+
+Usage::
+
+    renalclip phantom --out cohort --patients 8 --seed 0 --matrix 128
+    renalclip roi ct.nii.gz --center-lps 31 12.5 -140 --out roi.nii.gz --tensor roi.npy
+    renalclip demo --out demo_out
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from .errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_OK, RenalCLIPError
+
+
+def save_npy_atomic(array: np.ndarray, path: str | os.PathLike) -> Path:
+    """Write a .npy file under a temporary name in the same folder, then rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npy", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.save(fh, array)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def cmd_roi(args) -> int:
+    from .io import read_volume, write_volume
+    from .preprocess import crop_roi, to_model_input
+
+    vol = read_volume(args.image)
+    roi = crop_roi(vol, args.center_lps)
+    tensor = to_model_input(roi) if args.tensor else None
+    write_volume(roi, args.out)
+    if tensor is not None:
+        save_npy_atomic(tensor, args.tensor)
+    print(json.dumps({"roi": str(args.out), "tensor": str(args.tensor) if args.tensor else None,
+                      "shape_zyx": list(roi.array.shape)}))
+    return EXIT_OK
+
+
+def cmd_phantom(args) -> int:
+    from .phantom import write_cohort
+
+    manifest = write_cohort(args.out, n_patients=args.patients, seed=args.seed, matrix=args.matrix,
+                            progress=_progress_printer(args.quiet))
+    print(json.dumps({"manifest": str(manifest)}))
+    return EXIT_OK
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    summary = run_demo(args.out, n_patients=args.patients, seed=args.seed, matrix=args.matrix,
+                       progress=_progress_printer(args.quiet))
+    print(json.dumps(summary, indent=2))
+    return EXIT_OK
+
+
+def _progress_printer(quiet: bool):
+    if quiet:
+        return None
+
+    def show(done: int, total: int, what: str = "") -> None:
+        print(f"[{done}/{total}] {what}", file=sys.stderr, flush=True)
+
+    return show
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="renalclip", description="RenalCLIP: AI assessment of renal masses on CT.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("roi", help="cut the 140x140x160 mm ROI around a point and write it (and the model tensor)")
+    r.add_argument("image", help="CT file (NIfTI, NRRD, MHA) or DICOM folder")
+    r.add_argument("--center-lps", nargs=3, type=float, required=True, metavar=("X", "Y", "Z"),
+                   help="ROI centre in LPS millimetres (Slicer shows RAS: negate X and Y)")
+    r.add_argument("--out", required=True, help="output ROI image (.nii.gz, .nrrd, .mha)")
+    r.add_argument("--tensor", help="also write the (1, 32, 128, 128) float32 model input as .npy")
+    r.set_defaults(func=cmd_roi)
+
+    ph = sub.add_parser("phantom", help="generate a synthetic multi-phase renal CT cohort with a manifest")
+    ph.add_argument("--out", required=True, help="output folder")
+    ph.add_argument("--patients", type=int, default=12)
+    ph.add_argument("--seed", type=int, default=0)
+    ph.add_argument("--matrix", type=int, default=512, help="in-plane matrix (512 = full size; 128 is fast)")
+    ph.add_argument("--quiet", action="store_true")
+    ph.set_defaults(func=cmd_phantom)
+
+    d = sub.add_parser("demo", help="run the main job end to end on a small synthetic cohort")
+    d.add_argument("--out", default="demo_out")
+    d.add_argument("--patients", type=int, default=6)
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--matrix", type=int, default=160)
+    d.add_argument("--quiet", action="store_true")
+    d.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except RenalCLIPError as exc:
+        print(f"renalclip: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("renalclip: interrupted", file=sys.stderr)
+        return 130
+    except Exception:  # noqa: BLE001 - an unexpected failure is a bug: show it in full
+        import traceback
+
+        traceback.print_exc()
+        print("renalclip: internal error (a bug); the traceback above says where", file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+if __name__ == "__main__":
+    sys.exit(main())

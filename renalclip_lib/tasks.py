@@ -1,0 +1,65 @@
+"""The paper's clinical tasks and their label definitions (one place for each).
+
+R.E.N.A.L. follows the paper's Supplementary Data Table 1 (Kutikov & Uzzo 2009); each component
+has three classes, 0/1/2 for the table's A/B/C. Malignancy: 0 benign, 1 malignant.
+Aggressiveness: 0 indolent (benign, or malignant indolent), 1 aggressive (malignant aggressive).
+Survival end points: recurrence-free, disease-specific and overall survival, times in months.
+
+Usage: ``renal_radius_class(5.2) == 1``; ``TASKS["renal_R"].classes``
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    kind: str                 # "multiclass", "binary" or "survival"
+    classes: tuple[str, ...]  # class names in label order (empty for survival)
+    description: str
+
+
+RENAL_COMPONENTS = ("R", "E", "N", "A", "L")
+SURVIVAL_ENDPOINTS = ("rfs", "dss", "os")
+
+TASKS: dict[str, Task] = {
+    "renal_R": Task("renal_R", "multiclass", ("<= 4 cm", "4-7 cm", ">= 7 cm"),
+                    "Radius: largest diameter in any single plane"),
+    "renal_E": Task("renal_E", "multiclass", (">= 50% exophytic", "< 50% exophytic", "entirely endophytic"),
+                    "Exophytic/endophytic fraction of the mass relative to the parenchyma"),
+    "renal_N": Task("renal_N", "multiclass", (">= 7 mm", "4-7 mm", "<= 4 mm"),
+                    "Nearness: shortest distance to the collecting system or renal sinus"),
+    "renal_A": Task("renal_A", "multiclass", ("anterior", "posterior", "neither"),
+                    "Anterior/posterior to the coronal plane at the level of the hilar vessels"),
+    "renal_L": Task("renal_L", "multiclass",
+                    ("entirely above/below the polar lines", "crosses a polar line",
+                     "> 50% across a polar line, entirely between them, or crosses the axial midline"),
+                    "Location relative to the polar lines"),
+    "malignancy": Task("malignancy", "binary", ("benign", "malignant"), "Benign versus malignant mass"),
+    "aggressiveness": Task("aggressiveness", "binary", ("indolent", "aggressive"),
+                           "Invasive/aggressive versus non-invasive/indolent mass"),
+    "rfs": Task("rfs", "survival", (), "Recurrence-free survival"),
+    "dss": Task("dss", "survival", (), "Disease-specific survival"),
+    "os": Task("os", "survival", (), "Overall survival"),
+}
+
+# Histology groups of the paper: benign indolent, malignant indolent, malignant aggressive.
+HISTOLOGY_GROUPS = ("benign", "malignant_indolent", "malignant_aggressive")
+
+
+def renal_radius_class(max_diameter_cm: float) -> int:
+    """R: <= 4 cm -> 0, 4-7 cm -> 1, >= 7 cm -> 2."""
+    return 0 if max_diameter_cm <= 4.0 else (1 if max_diameter_cm < 7.0 else 2)
+
+
+def renal_exophytic_class(exophytic_fraction: float) -> int:
+    """E from the fraction of lesion volume outside the parenchymal outline."""
+    if exophytic_fraction >= 0.5:
+        return 0
+    return 1 if exophytic_fraction > 0.0 else 2
+
+
+def renal_nearness_class(distance_mm: float) -> int:
+    """N from the shortest lesion-to-collecting-system/sinus distance: >= 7 -> 0, 4-7 -> 1, <= 4 -> 2."""
+    return 0 if distance_mm >= 7.0 else (1 if distance_mm > 4.0 else 2)
