@@ -121,8 +121,9 @@ def load_checkpoint(path) -> LoadedCheckpoint:
     prefix = _encoder_prefix(sd, path)
     enc_sd = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
     head_w = enc_sd.get("global_embedding.head.weight")
+    width = int(enc_sd["conv1.weight"].shape[0])
     encoder = ImageEncoder(embed_dim=head_w.shape[0] if head_w is not None else 4096,
-                           with_projection=head_w is not None)
+                           with_projection=head_w is not None, width=width)
     _load_into(encoder, enc_sd, path, "image encoder")
     encoder.eval()
     root = prefix[: -len("image_encoder.")] if prefix.endswith("backbone.image_encoder.") else prefix

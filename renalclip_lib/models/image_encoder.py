@@ -25,7 +25,6 @@ from torch import nn
 
 FEATURE_DIM = 512
 EMBED_DIM = 4096
-LAYER_CHANNELS = (64, 128, 256, 512)
 
 
 def conv3x3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv3d:
@@ -77,21 +76,27 @@ class GlobalEmbedding(nn.Module):
 
 
 class ImageEncoder(nn.Module):
-    """3D ResNet-18 backbone + projection head; see the module docstring."""
+    """3D ResNet-18 backbone + projection head; see the module docstring.
 
-    def __init__(self, embed_dim: int = EMBED_DIM, with_projection: bool = True):
+    ``width`` 64 is the published network (512-d feature); smaller widths (e.g. 16: 128-d) keep
+    the same topology for quick CPU runs on the synthetic cohort.
+    """
+
+    def __init__(self, embed_dim: int = EMBED_DIM, with_projection: bool = True, width: int = 64):
         super().__init__()
-        self.conv1 = nn.Conv3d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
-        self.bn1 = nn.BatchNorm3d(64)
+        self.width = width
+        self.feature_dim = 8 * width
+        self.conv1 = nn.Conv3d(1, width, kernel_size=7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm3d(width)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool3d(kernel_size=3, stride=2, padding=1)
-        inplanes = 64
-        for i, planes in enumerate(LAYER_CHANNELS, start=1):
+        inplanes = width
+        for i, planes in enumerate((width, 2 * width, 4 * width, 8 * width), start=1):
             stride = 1 if i == 1 else 2
             layer = nn.Sequential(BasicBlock(inplanes, planes, stride), BasicBlock(planes, planes, 1))
             self.add_module(f"layer{i}", layer)
             inplanes = planes
-        self.global_embedding = GlobalEmbedding(FEATURE_DIM, embed_dim) if with_projection else None
+        self.global_embedding = GlobalEmbedding(self.feature_dim, embed_dim) if with_projection else None
         self._init_weights()
 
     def _init_weights(self) -> None:

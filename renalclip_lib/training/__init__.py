@@ -1,0 +1,1 @@
+"""Training stages and the shared loop (torch is imported here)."""

@@ -1,0 +1,79 @@
+"""Process-group helpers: the same code runs alone, on one GPU, or under ``torchrun``.
+
+Under torchrun (``WORLD_SIZE`` > 1) the process group is initialised (NCCL on GPUs, Gloo on CPUs),
+each rank takes ``LOCAL_RANK``'s device, and only rank 0 writes files.
+
+Usage::
+
+    ctx = DistContext.from_env()
+    model = ctx.wrap(model)
+    if ctx.is_main: save(...)
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class DistContext:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @classmethod
+    def from_env(cls, device: str = "auto") -> "DistContext":
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        rank = int(os.environ.get("RANK", "0"))
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        use_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
+        if use_cuda:
+            torch.cuda.set_device(local)
+            dev = torch.device("cuda", local)
+        else:
+            dev = torch.device("cpu")
+        if world > 1 and not dist.is_initialized():
+            dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        return cls(rank, world, local, dev)
+
+    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        model = model.to(self.device)
+        if not self.distributed:
+            return model
+        from torch.nn.parallel import DistributedDataParallel
+
+        if any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        ids = [self.local_rank] if self.device.type == "cuda" else None
+        return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=True)
+
+    def barrier(self) -> None:
+        if self.distributed:
+            dist.barrier()
+
+    def all_reduce_mean(self, value: float) -> float:
+        if not self.distributed:
+            return value
+        t = torch.tensor([value], dtype=torch.float64, device=self.device)
+        dist.all_reduce(t)
+        return float(t.item()) / self.world_size
+
+    def close(self) -> None:
+        if self.distributed and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return model.module if hasattr(model, "module") else model

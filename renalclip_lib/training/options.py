@@ -1,0 +1,45 @@
+"""Optimisation settings shared by every training stage (one dataclass, read from YAML).
+
+Usage: ``OptimOptions(epochs=20, lr=5e-4, select_metric="val_auc", select_mode="max")``
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import ConfigError
+
+
+@dataclass
+class OptimOptions:
+    epochs: int = 10
+    batch_size: int = 8
+    lr: float = 5e-4
+    head_lr: float | None = None          # None: same as lr
+    weight_decay: float = 5e-3
+    betas: tuple = (0.9, 0.999)
+    warmup_ratio: float = 0.1
+    grad_clip: float | None = None
+    amp: str = "bf16"                     # "bf16" (on GPU; CPU runs stay fp32) or "fp32"
+    seed: int = 0
+    num_workers: int = 0
+    select_metric: str = "val_loss"
+    select_mode: str = "min"              # "min" or "max"
+    progress: bool = True
+
+    def validate(self, source: str | None = None, where: str = "optim") -> "OptimOptions":
+        checks = [
+            (self.epochs >= 1, "epochs must be >= 1"),
+            (self.batch_size >= 1, "batch_size must be >= 1"),
+            (self.lr > 0, "lr must be > 0"),
+            (self.head_lr is None or self.head_lr > 0, "head_lr must be > 0"),
+            (self.weight_decay >= 0, "weight_decay must be >= 0"),
+            (len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "betas must be two numbers in [0, 1)"),
+            (0 <= self.warmup_ratio < 1, "warmup_ratio must be in [0, 1)"),
+            (self.amp in ("bf16", "fp32"), "amp must be 'bf16' or 'fp32'"),
+            (self.select_mode in ("min", "max"), "select_mode must be 'min' or 'max'"),
+            (self.num_workers >= 0, "num_workers must be >= 0"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(source, f"{where}: {message}")
+        return self
