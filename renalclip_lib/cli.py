@@ -8,6 +8,8 @@ Usage::
     renalclip phantom --out cohort --patients 8 --seed 0 --matrix 128
     renalclip roi ct.nii.gz --center-lps 31 12.5 -140 --out roi.nii.gz --tensor roi.npy
     renalclip demo --out demo_out
+    renalclip preprocess --manifest cohort/manifest.csv --out cache
+    renalclip train compare --config Resources/configs/demo.yaml --out run --set data.cache=cache
 """
 from __future__ import annotations
 
@@ -15,7 +17,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -23,22 +24,8 @@ import numpy as np
 from .errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_OK, RenalCLIPError
 
 
-def save_npy_atomic(array: np.ndarray, path: str | os.PathLike) -> Path:
-    """Write a .npy file under a temporary name in the same folder, then rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npy", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.save(fh, array)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
-
-
 def cmd_roi(args) -> int:
+    from .atomic import atomic_save_npy
     from .io import read_volume, write_volume
     from .preprocess import crop_roi, to_model_input
 
@@ -47,7 +34,7 @@ def cmd_roi(args) -> int:
     tensor = to_model_input(roi) if args.tensor else None
     write_volume(roi, args.out)
     if tensor is not None:
-        save_npy_atomic(tensor, args.tensor)
+        atomic_save_npy(args.tensor, tensor)
     print(json.dumps({"roi": str(args.out), "tensor": str(args.tensor) if args.tensor else None,
                       "shape_zyx": list(roi.array.shape)}))
     return EXIT_OK
@@ -108,6 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--matrix", type=int, default=160)
     d.add_argument("--quiet", action="store_true")
     d.set_defaults(func=cmd_demo)
+
+    from .training.cli_train import add_parsers as add_training_parsers
+
+    add_training_parsers(sub)
     return p
 
 

@@ -21,6 +21,7 @@ from typing import Sequence, Union
 
 import numpy as np
 
+from .atomic import atomic_path
 from .errors import InvalidImageError, MissingFileError, UnreadableFileError
 
 PathLike = Union[str, os.PathLike]
@@ -139,17 +140,67 @@ def _read_image_file(source: str):
 
     if os.path.getsize(source) == 0:
         raise UnreadableFileError(source, "file is empty")
+    if _suffix(source) in (".nii", ".nii.gz"):
+        _check_nifti_payload(source)
     try:
         return sitk.ReadImage(source)
     except RuntimeError as exc:
         raise UnreadableFileError(source, f"cannot read image ({_first_reason(exc)})") from None
 
 
+def _check_nifti_payload(source: str) -> None:
+    """Check a NIfTI file's voxel data before ITK reads it.
+
+    ITK's NIfTI reader accepts a file cut short (the missing voxels read as 0) and silently turns
+    NaN and infinite float voxels into 0, so neither problem would be visible afterwards. Streams
+    the (decompressed) payload once, in chunks, to count its bytes and non-finite values.
+    """
+    import gzip
+    import zlib
+
+    import nibabel as nib
+
+    try:
+        proxy = nib.load(source).dataobj
+        offset, dtype = int(proxy.offset), np.dtype(proxy.dtype)
+        nbytes = int(np.prod(proxy.shape, dtype=np.int64)) * dtype.itemsize
+    except Exception:  # noqa: BLE001 - not a header nibabel understands: ITK reports the problem
+        return
+    check_finite = dtype.kind in "fc"
+    chunk = max(dtype.itemsize, (1 << 24) // dtype.itemsize * dtype.itemsize)
+    opener = gzip.open if source.lower().endswith(".gz") else open
+    got = bad = 0
+    try:
+        with opener(source, "rb") as fh:
+            fh.seek(offset)
+            while got < nbytes:
+                buf = fh.read(min(chunk, nbytes - got))
+                if not buf:
+                    break
+                if check_finite:
+                    vals = np.frombuffer(buf, dtype, count=len(buf) // dtype.itemsize)
+                    bad += int(vals.size - np.count_nonzero(np.isfinite(vals)))
+                got += len(buf)
+    except (EOFError, OSError, zlib.error) as exc:
+        raise UnreadableFileError(source, f"truncated or corrupt NIfTI ({exc})") from None
+    if got < nbytes:
+        raise UnreadableFileError(source, f"truncated NIfTI: expected {nbytes} bytes of voxel data, found {got}")
+    if bad:
+        raise InvalidImageError(source, f"{bad} voxels are NaN or infinite")
+
+
 def _read_dicom_folder(folder: str, series_uid: str | None):
     import SimpleITK as sitk
 
     reader = sitk.ImageSeriesReader()
-    uids = reader.GetGDCMSeriesIDs(folder) or ()
+    # ITK prints "No Series were found" straight to stderr; that case is reported below instead.
+    warn = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        uids = reader.GetGDCMSeriesIDs(folder) or ()
+        counts = {u: len(reader.GetGDCMSeriesFileNames(folder, u)) for u in uids}
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(warn)
     if not uids:
         raise UnreadableFileError(folder, "folder holds no DICOM series")
     if series_uid is not None:
@@ -157,7 +208,7 @@ def _read_dicom_folder(folder: str, series_uid: str | None):
             raise UnreadableFileError(folder, f"no DICOM series with SeriesInstanceUID {series_uid}")
         chosen = series_uid
     else:
-        chosen = max(uids, key=lambda u: len(reader.GetGDCMSeriesFileNames(folder, u)))
+        chosen = max(uids, key=counts.__getitem__)
     files = list(reader.GetGDCMSeriesFileNames(folder, chosen))
     return _read_dicom_files(files, folder, sort=False)
 
@@ -243,15 +294,8 @@ def write_volume(volume: Volume, path: PathLike, compress: bool = True) -> Path:
     suffix = _suffix(str(path))
     if suffix not in (".nii", ".nii.gz", ".nrrd", ".mha"):
         raise UnreadableFileError(str(path), "unsupported output format (use .nii.gz, .nii, .nrrd or .mha)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path, suffix) as tmp:
         sitk.WriteImage(volume.to_sitk(), tmp, compress and suffix != ".nii")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 
@@ -269,7 +313,9 @@ def write_dicom_series(volume: Volume, folder: PathLike, series_description: str
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmpdir = Path(tempfile.mkdtemp(prefix=".tmp-", dir=folder.parent))
     img = volume.to_sitk()
-    img = sitk.Cast(sitk.Clamp(sitk.Cast(img, sitk.sitkFloat64), lowerBound=-1024, upperBound=31743), sitk.sitkInt16)
+    # Round to the nearest HU (a plain cast would truncate towards zero, biasing every value).
+    img = sitk.Cast(sitk.Round(sitk.Clamp(sitk.Cast(img, sitk.sitkFloat64), lowerBound=-1024, upperBound=31743)),
+                    sitk.sitkInt16)
     d = volume.direction
     uid_root = "1.2.826.0.1.3680043.2.1125." + time.strftime("%Y%m%d%H%M%S")
     series_uid = series_uid or f"{uid_root}.{os.getpid()}.{id(volume) % 100000}.1"

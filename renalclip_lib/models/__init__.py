@@ -2,9 +2,11 @@
 
 Usage: ``from renalclip_lib.models import ImageEncoder, load_image_encoder``
 """
-from .checkpoints import LoadedCheckpoint, load_checkpoint, load_image_encoder, save_image_model
+from .checkpoints import LoadedCheckpoint, load_checkpoint, load_image_encoder, load_task_model, save_image_model
 from .heads import AttributeHead, ClassifierHead, CoxHead
 from .image_encoder import EMBED_DIM, FEATURE_DIM, ImageEncoder
+from .image_model import ImageTaskModel
 
-__all__ = ["AttributeHead", "ClassifierHead", "CoxHead", "EMBED_DIM", "FEATURE_DIM", "ImageEncoder",
-           "LoadedCheckpoint", "load_checkpoint", "load_image_encoder", "save_image_model"]
+__all__ = ["AttributeHead", "ClassifierHead", "CoxHead", "EMBED_DIM", "FEATURE_DIM", "ImageEncoder", "ImageTaskModel",
+           "LoadedCheckpoint", "load_checkpoint", "load_image_encoder", "load_task_model",
+           "save_image_model"]

@@ -20,16 +20,17 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from ..atomic import atomic_torch_save
 from ..errors import MissingFileError, UnreadableFileError
 from .heads import AttributeHead, ClassifierHead, CoxHead
 from .image_encoder import ImageEncoder
+from .image_model import ImageTaskModel
 
 FORMAT = "renalclip-image/1"
 _SHOW = 5
@@ -144,6 +145,12 @@ def load_checkpoint(path) -> LoadedCheckpoint:
     return LoadedCheckpoint(encoder, classifiers, cox, None if scale is None else float(scale), meta, flavour)
 
 
+def load_task_model(path) -> ImageTaskModel:
+    """Encoder and every head of a checkpoint as one ``ImageTaskModel`` (eval mode)."""
+    ck = load_checkpoint(path)
+    return ImageTaskModel(ck.encoder, ck.classifiers, ck.cox).eval()
+
+
 def load_image_encoder(path) -> ImageEncoder:
     """The image encoder (eval mode) of any supported checkpoint flavour."""
     return load_checkpoint(path).encoder
@@ -151,26 +158,13 @@ def load_image_encoder(path) -> ImageEncoder:
 
 def model_state_dict(encoder: ImageEncoder, classifiers: dict | None = None, cox: CoxHead | None = None) -> dict:
     """A state dict in the release's downstream layout (plus ``cox.net.*``)."""
-    sd = {f"backbone.image_encoder.{k}": v for k, v in encoder.state_dict().items()}
-    for name, head in (classifiers or {}).items():
-        sd.update({f"classifiers.{name}.{k}": v for k, v in head.state_dict().items()})
-    if cox is not None:
-        sd.update({f"cox.{k}": v for k, v in cox.state_dict().items()})
-    return sd
+    return ImageTaskModel(encoder, classifiers, cox).state_dict()
 
 
 def save_image_model(path, encoder: ImageEncoder, classifiers: dict | None = None, cox: CoxHead | None = None,
                      meta: dict | None = None) -> Path:
     """Write our checkpoint atomically (temporary file in the same folder, then rename)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format": FORMAT, "model": model_state_dict(encoder, classifiers, cox), "meta": dict(meta or {})}
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_torch_save(payload, path)
     return path

@@ -18,7 +18,6 @@ import json
 import math
 import os
 import random
-import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -27,6 +26,7 @@ from typing import Callable, Protocol
 import numpy as np
 import torch
 
+from ..atomic import atomic_torch_save, atomic_write_text
 from .distributed import DistContext, unwrap
 from .options import OptimOptions
 
@@ -60,26 +60,6 @@ def cosine_with_warmup(total_steps: int, warmup_steps: int) -> Callable[[int], f
         progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
     return factor
-
-
-def atomic_torch_save(obj, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
 
 
 def _better(value: float, best: float | None, mode: str) -> bool:

@@ -1,0 +1,105 @@
+"""Torch datasets over the ROI cache: one sample per unit (a patient, or a patient's kidney).
+
+Training draws a random available phase per sample, as the paper; evaluation uses the arterial
+phase, else venous (``eval_phase``), or a given phase list for phase-fusion ablations.
+
+Usage::
+
+    rois, index = open_cache(cache, "lesion")
+    units = group_units(index, lambda r: r["cohort"] == "internal" and r["split"] == "train")
+    ds = RoiDataset(rois, units, targets, augment=TrainAugment(flip=True))
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ..constants import PHASES, REFERENCE_PHASE_ORDER
+from ..preprocess.roi import to_model_input
+
+
+@dataclass
+class Unit:
+    """One sample unit: its id, index rows (text dicts) and ROI row per phase."""
+
+    unit: str
+    rows: dict            # phase -> index row (dict of text)
+
+    @property
+    def first(self) -> dict:
+        return next(iter(self.rows.values()))
+
+    def eval_phase(self) -> str:
+        for p in REFERENCE_PHASE_ORDER + PHASES:
+            if p in self.rows:
+                return p
+        raise KeyError(self.unit)
+
+
+def group_units(index: Sequence[dict], keep: Callable[[dict], bool] = lambda r: True) -> list[Unit]:
+    """Index rows grouped by unit, in first-seen order, keeping rows for which ``keep`` is true."""
+    units: dict[str, Unit] = {}
+    for r in index:
+        if keep(r):
+            units.setdefault(r["unit"], Unit(r["unit"], {})).rows[r["phase"]] = r
+    return list(units.values())
+
+
+def parse_label(value: str) -> float:
+    """A label cell as a number; blank, 'nan' or 'NA' mean unknown (NaN)."""
+    if value is None:
+        return float("nan")
+    v = str(value).strip()
+    if v == "" or v.lower() in ("nan", "na", "none"):
+        return float("nan")
+    return float(v)
+
+
+class RoiDataset(Dataset):
+    """Yields ``{"image": (1, 32, 128, 128), "target": (T,), "index": i}``.
+
+    ``targets`` is an (n_units, T) float array (NaN = unknown). With ``augment`` set, a random
+    available phase is drawn per item; otherwise the evaluation phase (or ``phases`` fused by the
+    caller) is used with the centre crop.
+    """
+
+    def __init__(self, rois: np.ndarray, units: list[Unit], targets: np.ndarray, augment=None,
+                 phase: str | None = None, seed: int = 0):
+        self.rois = rois
+        self.units = units
+        self.targets = np.asarray(targets, np.float32).reshape(len(units), -1)
+        self.augment = augment
+        self.phase = phase
+        self.seed = seed
+        self._rng = None
+        self._rng_seed = None
+
+    def __len__(self) -> int:
+        return len(self.units)
+
+    def _generator(self) -> np.random.Generator:
+        """A stream per process: DataLoader workers are seeded from the loader's generator, so
+        draws differ between workers and epochs yet repeat for the same seed."""
+        seed = torch.initial_seed()
+        if self._rng is None or self._rng_seed != seed:
+            self._rng, self._rng_seed = np.random.default_rng([self.seed, seed % 2**63]), seed
+        return self._rng
+
+    def _roi(self, unit: Unit, phase: str) -> np.ndarray:
+        return np.asarray(self.rois[int(unit.rows[phase]["row"])], dtype=np.float32)
+
+    def __getitem__(self, i: int) -> dict:
+        unit = self.units[i]
+        if self.augment is not None:
+            rng = self._generator()
+            phase = list(unit.rows)[int(rng.integers(len(unit.rows)))]
+            self.augment.set_seed(int(rng.integers(2**31)))
+            image = self.augment(self._roi(unit, phase))
+        else:
+            phase = self.phase if self.phase in unit.rows else unit.eval_phase()
+            image = torch.from_numpy(to_model_input(self._roi(unit, phase)))
+        return {"image": image, "target": torch.from_numpy(self.targets[i]), "index": i}

@@ -1,0 +1,68 @@
+"""Stage "attributes": multi-task pre-training of the image encoder on the 14 report questions.
+
+Each kidney of each patient is a sample (the kidney-centred ROI); each question has a linear head
+``classifiers.text_label_<release id>`` as released; the loss is the cross-entropy of every
+question over its known answers ("don't know" = -1 and blanks ignored), summed over questions.
+The best epoch has the highest macro AUC over questions on the validation kidneys. No horizontal
+flip: left and right must stay what the report says.
+
+Usage: ``run_attributes(cfg, rois, train_units, val_units, out_dir)``
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..config import TrainConfig
+from ..data.augment import TrainAugment
+from ..data.datasets import RoiDataset, Unit
+from ..models import AttributeHead, ImageEncoder, ImageTaskModel, save_image_model
+from ..questionnaire import QUESTIONS
+from .common import auc_score, make_loader, masked_cross_entropy, nanmean, predict_logits, softmax
+from .distributed import DistContext
+from .finetune import unit_targets
+from .loop import fit
+
+HEAD_NAMES = [f"text_label_{q.release_id}" for q in QUESTIONS]
+TARGET_COLUMNS = [f"q_{q.key}" for q in QUESTIONS]
+
+
+class AttributeTask:
+    def __init__(self, model: ImageTaskModel):
+        self.model = model
+        self.meta: dict = {}
+
+    def param_groups(self, model, cfg):
+        return [{"params": list(model.parameters()), "lr": cfg.lr}]
+
+    def loss(self, model, batch, device):
+        _, logits = model(batch["image"].to(device, non_blocking=True))
+        target = batch["target"].to(device)
+        losses = [masked_cross_entropy(logits[h], target[:, i]) for i, h in enumerate(HEAD_NAMES)]
+        return torch.stack(losses).sum(), {}
+
+    def evaluate(self, model, loader, device) -> dict:
+        logits, _ = predict_logits(model, loader, device)
+        targets = loader.dataset.targets
+        aucs = {h: auc_score(np.where(targets[:, i] < 0, np.nan, targets[:, i]), softmax(logits[h]))
+                for i, h in enumerate(HEAD_NAMES)}
+        return {"val_macro_auc": nanmean(aucs.values()), **{f"val_auc_{h}": v for h, v in aucs.items()}}
+
+    def save_best(self, path, model, metrics):
+        save_image_model(path, model.encoder, dict(model.classifiers), meta={**self.meta, "metrics": metrics})
+
+
+def run_attributes(cfg: TrainConfig, rois, train_units: list[Unit], val_units: list[Unit], out_dir, log=None,
+                   ctx: DistContext | None = None) -> dict:
+    opt = cfg.attributes.optim
+    ctx = ctx or DistContext.from_env(cfg.device)
+    torch.manual_seed(opt.seed)
+    encoder = ImageEncoder(embed_dim=cfg.model.embed_dim, width=cfg.model.width)
+    heads = {h: AttributeHead(q.n_classes, in_dim=encoder.feature_dim) for h, q in zip(HEAD_NAMES, QUESTIONS)}
+    task = AttributeTask(ImageTaskModel(encoder, heads))
+    task.meta = {"stage": "attributes", "seed": opt.seed, "width": cfg.model.width}
+    train_ds = RoiDataset(rois, train_units, unit_targets(train_units, TARGET_COLUMNS),
+                          augment=TrainAugment(flip=cfg.attributes.flip, seed=opt.seed), seed=opt.seed)
+    val_ds = RoiDataset(rois, val_units, unit_targets(val_units, TARGET_COLUMNS))
+    return fit(task, make_loader(train_ds, opt.batch_size, True, opt.num_workers, None, opt.seed, ctx.distributed),
+               make_loader(val_ds, opt.batch_size, False), out_dir, opt, ctx, log)

@@ -1,0 +1,94 @@
+"""``renalclip preprocess`` and ``renalclip train <stage>``: the image stages from the command line.
+
+Usage::
+
+    renalclip preprocess --manifest cohort/manifest.csv --out cache
+    renalclip train attributes --config Resources/configs/demo.yaml --out run --set data.cache=cache
+    renalclip train finetune   --config demo.yaml --out run --init random
+    renalclip train compare    --config demo.yaml --out run      # random vs attribute-pretrained table
+"""
+from __future__ import annotations
+
+import json
+import sys
+
+import yaml
+
+IMAGE_STAGES = ("attributes", "finetune", "survival", "data-efficiency", "phase-fusion", "compare")
+
+
+def _overrides(pairs) -> dict:
+    out = {}
+    for item in pairs or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            from ..errors import ConfigError
+
+            raise ConfigError("--set", f"expected KEY=VALUE, found {item!r}")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def _log(quiet: bool):
+    return None if quiet else (lambda line: print(line, file=sys.stderr, flush=True))
+
+
+def cmd_preprocess(args) -> int:
+    from ..data.manifest_cases import cases_from_manifest
+    from ..data.roi_cache import build_cache
+
+    cases, problems = cases_from_manifest(args.manifest, on_error=args.on_bad_row)
+    for p in problems:
+        print(f"renalclip: skipped: {p}", file=sys.stderr)
+    kinds = ("lesion", "kidney") if args.kind == "both" else (args.kind,)
+    summary = {}
+    for kind in kinds:
+        progress = None if args.quiet else (lambda d, t, w: print(f"[{d}/{t}] {w}", file=sys.stderr, flush=True))
+        out, skipped = build_cache(cases, args.out, kind, on_error=args.on_bad_row, progress=progress)
+        for s in skipped:
+            print(f"renalclip: skipped: {s}", file=sys.stderr)
+        summary[kind] = {"cache": str(out), "skipped": len(skipped) + len(problems)}
+    print(json.dumps(summary))
+    return 0
+
+
+def cmd_train(args) -> int:
+    from ..config import load_config
+    from .image_stages import run_data_efficiency, run_stage
+
+    cfg = load_config(args.config, _overrides(args.set))
+    log = _log(args.quiet)
+    if args.stage in ("attributes", "finetune", "survival"):
+        result = run_stage(args.stage, cfg, args.out, log, init=args.init)
+    elif args.stage == "data-efficiency":
+        result = {"table": str(run_data_efficiency(cfg, args.out, log))}
+    elif args.stage == "phase-fusion":
+        from .compare import run_phase_fusion
+
+        result = run_phase_fusion(cfg, args.out, init=args.init or cfg.finetune.init)
+    else:
+        from .compare import run_compare
+
+        result = run_compare(cfg, args.out, log)
+    print(json.dumps({k: v for k, v in (result or {}).items() if k != "history"}, default=str))
+    return 0
+
+
+def add_parsers(sub) -> None:
+    p = sub.add_parser("preprocess", help="build the ROI cache (lesion- and kidney-centred) from a cohort manifest")
+    p.add_argument("--manifest", required=True)
+    p.add_argument("--out", required=True, help="cache folder")
+    p.add_argument("--kind", choices=("lesion", "kidney", "both"), default="both")
+    p.add_argument("--on-bad-row", choices=("fail", "skip"), default="fail",
+                   help="a manifest row or image that fails to load: stop (default) or report and skip it")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_preprocess)
+
+    t = sub.add_parser("train", help="run an image training stage from a YAML config")
+    t.add_argument("stage", choices=IMAGE_STAGES)
+    t.add_argument("--config", required=True)
+    t.add_argument("--out", required=True, help="run folder (stages resume inside it)")
+    t.add_argument("--init", help="encoder to start from: random, attributes, clip or a checkpoint path")
+    t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value, e.g. finetune.optim.epochs=2")
+    t.add_argument("--quiet", action="store_true")
+    t.set_defaults(func=cmd_train)

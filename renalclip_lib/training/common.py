@@ -1,0 +1,128 @@
+"""Pieces every image stage shares: encoder initialisation, loaders, prediction, validation AUC.
+
+Usage::
+
+    enc = encoder_from_init("attributes", run_dir, width=16)
+    probs = predict_logits(model, loader, device)
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, WeightedRandomSampler
+
+from ..errors import ConfigError, MissingFileError
+from ..models import ImageEncoder, load_checkpoint
+
+# Where each stage writes its run inside a run folder.
+STAGE_DIRS = {"attributes": "attributes", "clip": "clip", "finetune": "finetune", "survival": "survival"}
+
+
+def encoder_from_init(init: str, run_dir, width: int, embed_dim: int = 4096) -> ImageEncoder:
+    """A fresh encoder ("random"), a stage's best encoder ("attributes", "clip"), or a file path."""
+    if init == "random":
+        return ImageEncoder(embed_dim=embed_dim, width=width)
+    if init in ("attributes", "clip"):
+        path = Path(run_dir) / STAGE_DIRS[init] / "best.pt"
+        if not path.exists():
+            raise MissingFileError(path, f"no '{init}' encoder yet: run the '{init}' stage first")
+    else:
+        path = Path(init)
+    enc = load_checkpoint(path).encoder
+    if enc.width != width:
+        raise ConfigError(str(path), f"encoder width {enc.width} differs from model.width {width} in the config")
+    return enc
+
+
+def make_loader(dataset, batch_size: int, train: bool, num_workers: int = 0, sample_weights=None,
+                seed: int = 0, distributed: bool = False) -> DataLoader:
+    sampler = None
+    shuffle = train
+    if train and sample_weights is not None and not distributed:
+        g = torch.Generator().manual_seed(seed)
+        sampler = WeightedRandomSampler(torch.as_tensor(sample_weights, dtype=torch.double), len(dataset),
+                                        replacement=True, generator=g)
+        shuffle = False
+    elif distributed:
+        from torch.utils.data.distributed import DistributedSampler
+
+        sampler = DistributedSampler(dataset, shuffle=train, seed=seed)
+        shuffle = False
+    g = torch.Generator().manual_seed(seed)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, sampler=sampler, num_workers=num_workers,
+                      drop_last=train and len(dataset) > batch_size, generator=g,
+                      persistent_workers=num_workers > 0, worker_init_fn=_one_thread if num_workers else None)
+
+
+def _one_thread(worker_id: int) -> None:
+    torch.set_num_threads(1)
+
+
+@torch.no_grad()
+def predict_logits(model, loader, device) -> tuple[dict, np.ndarray]:
+    """Run a model over a loader: ({head: (n, C) logits}, features (n, F)) in dataset order."""
+    model.eval()
+    outs: dict[str, list] = {}
+    feats, order = [], []
+    for batch in loader:
+        f, logits = model(batch["image"].to(device))
+        feats.append(f.float().cpu())
+        order.append(batch["index"])
+        for k, v in logits.items():
+            outs.setdefault(k, []).append(v.float().cpu())
+    idx = torch.cat(order).numpy()
+    inv = np.argsort(idx)
+    return ({k: torch.cat(v).numpy()[inv] for k, v in outs.items()}, torch.cat(feats).numpy()[inv])
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def auc_score(y_true: np.ndarray, probs: np.ndarray) -> float:
+    """ROC AUC (binary) or macro one-vs-rest AUC (multi-class) over known labels; NaN if undefined."""
+    from sklearn.metrics import roc_auc_score
+
+    y = np.asarray(y_true, float)
+    ok = ~np.isnan(y)
+    y, p = y[ok].astype(int), np.asarray(probs)[ok]
+    if len(np.unique(y)) < 2:
+        return float("nan")
+    if p.ndim == 2 and p.shape[1] == 2:
+        p = p[:, 1]
+    if p.ndim == 1:
+        return float(roc_auc_score(y, p))
+    present = np.unique(y)
+    if len(present) < p.shape[1]:
+        scores = [roc_auc_score(y == c, p[:, c]) for c in present]
+        return float(np.mean(scores))
+    return float(roc_auc_score(y, p, multi_class="ovr", average="macro", labels=list(range(p.shape[1]))))
+
+
+def nanmean(values) -> float:
+    vals = [v for v in values if v is not None and not math.isnan(v)]
+    return float(np.mean(vals)) if vals else float("nan")
+
+
+def masked_cross_entropy(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Cross-entropy over rows whose label is known (not NaN and >= 0); 0 if none are."""
+    ok = ~torch.isnan(target) & (target >= 0)
+    if not bool(ok.any()):
+        return logits.sum() * 0.0
+    return torch.nn.functional.cross_entropy(logits[ok].float(), target[ok].long(),
+                                             weight=None if weight is None else weight.to(logits.device))
+
+
+def class_weights(labels: np.ndarray, n_classes: int) -> np.ndarray:
+    """Inverse-frequency weights normalised to mean 1 over present classes (absent classes: 0)."""
+    y = np.asarray(labels, float)
+    y = y[~np.isnan(y) & (y >= 0)].astype(int)
+    counts = np.bincount(y, minlength=n_classes).astype(float)
+    w = np.where(counts > 0, 1.0 / np.maximum(counts, 1), 0.0)
+    present = counts > 0
+    return w / w[present].mean() if present.any() else np.ones(n_classes)

@@ -1,0 +1,118 @@
+"""Stage "finetune": the seven clinical classification tasks on the lesion ROI.
+
+R, E, N, A, L (three classes each), malignancy and aggressiveness (binary), each with the
+release's MLP head. Class-weighted cross-entropy and class-balanced sampling (on the first task)
+counter the imbalance; the encoder starts from random weights (the paper's "CNN (Rand Init)"),
+the attribute-pretrained or the contrastive encoder, or a file. ``joint`` trains one model with
+all heads (fast); otherwise one model per task, as in the paper.
+
+Every run writes ``predictions.csv`` (the evaluation's format, one row per patient of every
+validation and test cohort) next to ``best.pt``.
+
+Usage: ``run_finetune(cfg, cache_dir, run_dir, out_dir, init="attributes")``
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..config import TrainConfig
+from ..data.augment import TrainAugment
+from ..data.datasets import RoiDataset, Unit, parse_label
+from ..models import ClassifierHead, ImageTaskModel, save_image_model
+from ..tasks import TASKS
+from .common import (auc_score, class_weights, encoder_from_init, make_loader, masked_cross_entropy, nanmean,
+                     predict_logits, softmax)
+from .distributed import DistContext
+from .loop import fit
+from .predictions import write_predictions
+
+CLASSIFICATION_TASKS = ("renal_R", "renal_E", "renal_N", "renal_A", "renal_L", "malignancy", "aggressiveness")
+
+
+def unit_targets(units: list[Unit], columns) -> np.ndarray:
+    return np.array([[parse_label(u.first.get(c, "")) for c in columns] for u in units], np.float32).reshape(len(units), -1)
+
+
+class FinetuneTask:
+    """Loss and validation of classification heads on a shared encoder."""
+
+    def __init__(self, model: ImageTaskModel, tasks: list[str], weights: dict):
+        self.model = model
+        self.tasks = tasks
+        self.weights = {t: torch.as_tensor(w, dtype=torch.float32) for t, w in weights.items()}
+        self.meta: dict = {}
+
+    def param_groups(self, model, cfg):
+        head_ids = {id(p) for p in model.head_parameters()}
+        backbone = [p for p in model.parameters() if id(p) not in head_ids and p.requires_grad]
+        groups = [{"params": model.head_parameters(), "lr": cfg.head_lr or cfg.lr}]
+        if backbone:
+            groups.insert(0, {"params": backbone, "lr": cfg.lr})
+        return groups
+
+    def loss(self, model, batch, device):
+        _, logits = model(batch["image"].to(device, non_blocking=True))
+        target = batch["target"].to(device)
+        losses = {t: masked_cross_entropy(logits[t], target[:, i], self.weights[t]) for i, t in enumerate(self.tasks)}
+        return sum(losses.values()), {f"loss_{t}": float(v) for t, v in losses.items()}
+
+    def evaluate(self, model, loader, device) -> dict:
+        logits, _ = predict_logits(model, loader, device)
+        targets = loader.dataset.targets
+        out = {}
+        for i, t in enumerate(self.tasks):
+            out[f"val_auc_{t}"] = auc_score(targets[:, i], softmax(logits[t]))
+        out["val_auc"] = nanmean(out[f"val_auc_{t}"] for t in self.tasks)
+        return out
+
+    def save_best(self, path, model, metrics):
+        save_image_model(path, model.encoder, dict(model.classifiers), meta={**self.meta, "metrics": metrics})
+
+
+def build_model(encoder, tasks, freeze_encoder: bool) -> ImageTaskModel:
+    heads = {t: ClassifierHead(len(TASKS[t].classes), in_dim=encoder.feature_dim) for t in tasks}
+    model = ImageTaskModel(encoder, heads)
+    if freeze_encoder:
+        for p in model.encoder.parameters():
+            p.requires_grad_(False)
+    return model
+
+
+def run_finetune(cfg: TrainConfig, rois, train_units: list[Unit], val_units: list[Unit], eval_units: list[Unit],
+                 run_dir, out_dir, init: str, tasks=None, seed: int | None = None, log=None,
+                 ctx: DistContext | None = None) -> dict:
+    """Train one model on ``tasks`` (all configured tasks by default) and predict ``eval_units``."""
+    ft = cfg.finetune
+    tasks = list(tasks or ft.tasks)
+    optim = ft.optim if seed is None else type(ft.optim)(**{**ft.optim.__dict__, "seed": seed})
+    ctx = ctx or DistContext.from_env(cfg.device)
+    torch.manual_seed(optim.seed)
+    encoder = encoder_from_init(init, run_dir, cfg.model.width, cfg.model.embed_dim)
+    model = build_model(encoder, tasks, ft.freeze_encoder)
+    y_train = unit_targets(train_units, tasks)
+    weights = {t: class_weights(y_train[:, i], len(TASKS[t].classes)) for i, t in enumerate(tasks)}
+    sample_w = None
+    if ft.class_balanced:
+        w0 = weights[tasks[0]]
+        y0 = y_train[:, 0]
+        sample_w = np.where(np.isnan(y0), 1.0, w0[np.nan_to_num(y0).astype(int)])
+    task = FinetuneTask(model, tasks, weights)
+    task.meta = {"stage": "finetune", "init": init, "tasks": tasks, "seed": optim.seed, "width": cfg.model.width}
+    train_ds = RoiDataset(rois, train_units, y_train, augment=TrainAugment(flip=ft.flip, seed=optim.seed), seed=optim.seed)
+    val_ds = RoiDataset(rois, val_units, unit_targets(val_units, tasks))
+    train_loader = make_loader(train_ds, optim.batch_size, True, optim.num_workers, sample_w, optim.seed, ctx.distributed)
+    val_loader = make_loader(val_ds, optim.batch_size, False)
+    result = fit(task, train_loader, val_loader, out_dir, optim, ctx, log)
+    if ctx.is_main:
+        best = Path(out_dir) / "best.pt"
+        from ..models import load_task_model
+
+        model = load_task_model(best).to(ctx.device)
+        eval_ds = RoiDataset(rois, eval_units, unit_targets(eval_units, tasks))
+        logits, _ = predict_logits(model, make_loader(eval_ds, optim.batch_size, False), ctx.device)
+        probs = {t: softmax(logits[t]) for t in tasks}
+        write_predictions(Path(out_dir) / "predictions.csv", eval_units, probs)
+    return result

@@ -1,0 +1,105 @@
+"""Stage "survival": a Cox head on the image encoder, trained on recurrence-free survival.
+
+Trained on malignant cases with known RFS (Cox partial likelihood, Breslow ties); the one risk
+score it gives is then evaluated on RFS, DSS and OS. The encoder starts from the fine-tuned model
+(``survival.init``: "finetune", "attributes", "random", or a path).
+
+Usage: ``run_survival(cfg, rois, train_units, val_units, eval_units, run_dir, out_dir)``
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..config import TrainConfig
+from ..data.augment import TrainAugment
+from ..data.datasets import RoiDataset, Unit
+from ..errors import MissingFileError
+from ..models import CoxHead, ImageTaskModel, load_task_model, save_image_model
+from .common import encoder_from_init, make_loader, predict_logits
+from .cox_loss import cox_partial_nll
+from .distributed import DistContext
+from .finetune import unit_targets
+from .loop import fit
+from .predictions import write_predictions
+
+
+def concordance(time: np.ndarray, event: np.ndarray, risk: np.ndarray) -> float:
+    """Harrell's C-index (scikit-survival); NaN when no pair is comparable."""
+    from sksurv.metrics import concordance_index_censored
+
+    ok = ~(np.isnan(time) | np.isnan(event) | np.isnan(risk))
+    if ok.sum() < 2 or event[ok].sum() == 0:
+        return float("nan")
+    try:
+        return float(concordance_index_censored(event[ok].astype(bool), time[ok], risk[ok])[0])
+    except ValueError:
+        return float("nan")
+
+
+class SurvivalTask:
+    def __init__(self, model: ImageTaskModel):
+        self.model = model
+        self.meta: dict = {}
+
+    def param_groups(self, model, cfg):
+        head = list(model.cox.parameters())
+        ids = {id(p) for p in head}
+        rest = [p for p in model.parameters() if id(p) not in ids and p.requires_grad]
+        groups = [{"params": head, "lr": cfg.head_lr or cfg.lr}]
+        return ([{"params": rest, "lr": cfg.lr}] if rest else []) + groups
+
+    def loss(self, model, batch, device):
+        _, out = model(batch["image"].to(device, non_blocking=True))
+        t = batch["target"].to(device)
+        return cox_partial_nll(out["risk"], t[:, 0], t[:, 1]), {}
+
+    def evaluate(self, model, loader, device) -> dict:
+        out, _ = predict_logits(model, loader, device)
+        y = loader.dataset.targets
+        return {"val_cindex": concordance(y[:, 0], y[:, 1], out["risk"].reshape(-1))}
+
+    def save_best(self, path, model, metrics):
+        save_image_model(path, model.encoder, None, model.cox, meta={**self.meta, "metrics": metrics})
+
+
+def _init_encoder(cfg: TrainConfig, run_dir, finetune_init: str):
+    """The survival encoder: the fine-tuned model of ``finetune_init`` when ``survival.init`` is
+    "finetune" (its joint model, else its malignancy model), otherwise as ``encoder_from_init``."""
+    init = cfg.survival.init
+    if init == "finetune":
+        base = Path(run_dir) / "finetune" / Path(finetune_init).stem
+        path = base / "best.pt" if (base / "best.pt").exists() else base / "malignancy" / "best.pt"
+        if not path.exists():
+            raise MissingFileError(path, "no fine-tuned encoder yet: run the 'finetune' stage first")
+        init = str(path)
+    return encoder_from_init(init, run_dir, cfg.model.width, cfg.model.embed_dim)
+
+
+def run_survival(cfg: TrainConfig, rois, train_units: list[Unit], val_units: list[Unit], eval_units: list[Unit],
+                 run_dir, out_dir, log=None, ctx: DistContext | None = None, finetune_init: str = "attributes") -> dict:
+    sv = cfg.survival
+    opt = sv.optim
+    ctx = ctx or DistContext.from_env(cfg.device)
+    torch.manual_seed(opt.seed)
+    encoder = _init_encoder(cfg, run_dir, finetune_init)
+    model = ImageTaskModel(encoder, {}, CoxHead(in_dim=encoder.feature_dim))
+    if sv.freeze_encoder:
+        for p in model.encoder.parameters():
+            p.requires_grad_(False)
+    cols = [f"{sv.endpoint}_time", f"{sv.endpoint}_event"]
+    task = SurvivalTask(model)
+    task.meta = {"stage": "survival", "endpoint": sv.endpoint, "seed": opt.seed, "width": cfg.model.width}
+    train_ds = RoiDataset(rois, train_units, unit_targets(train_units, cols), augment=TrainAugment(flip=True, seed=opt.seed),
+                          seed=opt.seed)
+    val_ds = RoiDataset(rois, val_units, unit_targets(val_units, cols))
+    result = fit(task, make_loader(train_ds, opt.batch_size, True, opt.num_workers, None, opt.seed, ctx.distributed),
+                 make_loader(val_ds, opt.batch_size, False), out_dir, opt, ctx, log)
+    if ctx.is_main:
+        best = load_task_model(Path(out_dir) / "best.pt").to(ctx.device)
+        eval_ds = RoiDataset(rois, eval_units, unit_targets(eval_units, cols))
+        out, _ = predict_logits(best, make_loader(eval_ds, opt.batch_size, False), ctx.device)
+        write_predictions(Path(out_dir) / "predictions.csv", eval_units, {}, risk=out["risk"].reshape(-1))
+    return result
