@@ -1,0 +1,260 @@
+"""The pieces under every training stage: Cox loss, the loop's resume, configs, augmentation, cache."""
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from renalclip_lib.config import load_config  # noqa: E402
+from renalclip_lib.data.augment import TrainAugment  # noqa: E402
+from renalclip_lib.data.datasets import RoiDataset, group_units  # noqa: E402
+from renalclip_lib.data.roi_cache import CaseImages, build_cache, open_cache  # noqa: E402
+from renalclip_lib.errors import ConfigError, MissingFileError, RenalCLIPError  # noqa: E402
+from renalclip_lib.io import Volume, write_volume  # noqa: E402
+from renalclip_lib.preprocess import crop_roi  # noqa: E402
+from renalclip_lib.training.common import auc_score, class_weights  # noqa: E402
+from renalclip_lib.training.cox_loss import cox_partial_nll  # noqa: E402
+from renalclip_lib.training.loop import fit  # noqa: E402
+from renalclip_lib.training.options import OptimOptions  # noqa: E402
+
+
+def test_cox_loss_fits_the_breslow_estimate_of_scikit_survival():
+    from sksurv.linear_model import CoxPHSurvivalAnalysis
+    from sksurv.util import Surv
+
+    rng = np.random.default_rng(0)
+    n = 300
+    x = rng.normal(size=(n, 3))
+    t_event = np.round(rng.exponential(1 / np.exp(x @ np.array([0.8, -0.5, 0.0]))) * 10)  # many ties
+    t_cens = rng.exponential(1.5, size=n) * 10
+    time, event = np.minimum(t_event, t_cens) + 1, t_event <= t_cens
+    ref = CoxPHSurvivalAnalysis(ties="breslow").fit(x, Surv.from_arrays(event, time)).coef_
+    w = torch.zeros(3, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([w], max_iter=200, tolerance_grad=1e-12, tolerance_change=1e-14, line_search_fn="strong_wolfe")
+    xt, tt, et = torch.tensor(x), torch.tensor(time), torch.tensor(event.astype(float))
+
+    def closure():
+        opt.zero_grad()
+        loss = cox_partial_nll(xt @ w, tt, et)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    np.testing.assert_allclose(w.detach().numpy(), ref, atol=2e-3)
+
+
+def test_cox_loss_without_events_is_zero_and_differentiable():
+    risk = torch.randn(5, requires_grad=True)
+    loss = cox_partial_nll(risk, torch.arange(5.0), torch.zeros(5))
+    loss.backward()
+    assert loss.item() == 0.0 and risk.grad is not None
+
+
+class _ToyTask:
+    """A linear model on fixed data: enough to test the loop's bookkeeping."""
+
+    def __init__(self):
+        torch.manual_seed(0)
+        self.model = torch.nn.Linear(4, 1)
+        self.saved = []
+
+    def param_groups(self, model, cfg):
+        return [{"params": list(model.parameters()), "lr": cfg.lr}]
+
+    def loss(self, model, batch, device):
+        x, y = batch["image"], batch["target"]
+        return torch.nn.functional.mse_loss(model(x).squeeze(-1), y), {}
+
+    def evaluate(self, model, loader, device):
+        with torch.no_grad():
+            losses = [self.loss(model, b, device)[0].item() for b in loader]
+        return {"val_loss": float(np.mean(losses))}
+
+    def save_best(self, path, model, metrics):
+        torch.save(model.state_dict(), path)
+        self.saved.append(metrics["epoch"])
+
+
+def _toy_loaders():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(64, 4, generator=g)
+    y = x @ torch.tensor([1.0, -2.0, 0.5, 0.0])
+    data = [{"image": x[i:i + 8], "target": y[i:i + 8]} for i in range(0, 64, 8)]
+    return data, data[:2]
+
+
+def test_loop_logs_selects_best_and_marks_finished(tmp_path):
+    cfg = OptimOptions(epochs=4, lr=0.05, warmup_ratio=0.25, amp="fp32", progress=False)
+    train, val = _toy_loaders()
+    task = _ToyTask()
+    result = fit(task, train, val, tmp_path / "run", cfg)
+    losses = [h["val_loss"] for h in result["history"]]
+    assert result["best_epoch"] == int(np.argmin(losses)) and task.saved[-1] == result["best_epoch"]
+    assert result["history"][-1]["train_loss"] < result["history"][0]["train_loss"]
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [0, 1, 2, 3]
+    assert json.loads((tmp_path / "run" / "finished.json").read_text())["best_epoch"] == result["best_epoch"]
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["best.pt", "checkpoint_last.pt", "finished.json",
+                                                                     "metrics.jsonl"]
+
+
+def test_loop_resumes_mid_schedule_exactly(tmp_path):
+    """Interrupt a 4-epoch run during its third epoch, run again: it resumes and ends as an uninterrupted run."""
+    cfg = OptimOptions(epochs=4, lr=0.05, warmup_ratio=0.25, amp="fp32", progress=False)
+    train, val = _toy_loaders()
+    full = fit(_ToyTask(), train, val, tmp_path / "full", cfg)
+
+    class StopAfter2(_ToyTask):
+        calls = 0
+
+        def loss(self, model, batch, device):
+            StopAfter2.calls += torch.is_grad_enabled()
+            if StopAfter2.calls > 2 * len(train):
+                raise KeyboardInterrupt
+            return super().loss(model, batch, device)
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(StopAfter2(), train, val, tmp_path / "cut", cfg)
+    assert torch.load(tmp_path / "cut" / "checkpoint_last.pt", weights_only=True)["epoch"] == 1
+    assert not (tmp_path / "cut" / "finished.json").exists()
+    resumed = fit(_ToyTask(), train, val, tmp_path / "cut", cfg)
+    np.testing.assert_allclose([h["train_loss"] for h in resumed["history"]],
+                               [h["train_loss"] for h in full["history"]], rtol=1e-6)
+    a = torch.load(tmp_path / "cut" / "checkpoint_last.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "full" / "checkpoint_last.pt", weights_only=True)["model"]
+    for k in a:
+        torch.testing.assert_close(a[k], b[k])
+
+
+def test_config_validation_names_file_and_key(tmp_path):
+    good = tmp_path / "c.yaml"
+    good.write_text("model:\n  width: 16\nfinetune:\n  optim:\n    epochs: 3\n    lr: 1.0e-3\n")
+    cfg = load_config(good, {"finetune.optim.batch_size": 4})
+    assert cfg.model.width == 16 and cfg.finetune.optim.epochs == 3 and cfg.finetune.optim.batch_size == 4
+    for text, match in [("model:\n  widht: 16\n", "unknown key 'model.widht'"),
+                        ("model:\n  width: sixteen\n", "'model.width' must be int"),
+                        ("finetune:\n  optim:\n    lr: -1\n", "lr must be > 0"),
+                        ("survival:\n  endpoint: pfs\n", "'survival.endpoint' must be one of"),
+                        ("finetune: [1, 2]\n", "'finetune' must be a mapping"),
+                        ("model: {width: 16\n", "not valid YAML")]:
+        bad = tmp_path / "bad.yaml"
+        bad.write_text(text)
+        with pytest.raises(ConfigError, match=match) as exc:
+            load_config(bad)
+        assert str(exc.value).startswith(str(bad))
+    with pytest.raises(MissingFileError):
+        load_config(tmp_path / "none.yaml")
+
+
+def test_shipped_configs_load():
+    from renalclip_lib.resources import resource_path
+
+    paper = load_config(resource_path("configs", "paper.yaml"))
+    assert paper.attributes.optim.batch_size == 300 and paper.attributes.optim.lr == 5e-4
+    assert paper.attributes.optim.weight_decay == 5e-3 and paper.attributes.flip is False
+    demo = load_config(resource_path("configs", "demo.yaml"))
+    assert demo.model.width < paper.model.width
+
+
+def test_augment_shapes_ranges_and_seed():
+    roi = np.random.default_rng(0).normal(40, 80, (32, 140, 140)).astype(np.float32)
+    a, b = TrainAugment(flip=True, seed=3), TrainAugment(flip=True, seed=3)
+    xa, xb = a(roi), b(roi)
+    assert xa.shape == (1, 32, 128, 128) and xa.dtype == torch.float32
+    torch.testing.assert_close(xa, xb)
+    assert not torch.equal(xa, a(roi))
+
+
+def test_augment_without_randomness_is_the_model_input():
+    from renalclip_lib.preprocess import to_model_input
+
+    rng = np.random.default_rng(1)
+    roi = Volume(rng.normal(40, 80, (32, 140, 140)).astype(np.float32), (1, 1, 5), (0, 0, 0))
+    aug = TrainAugment(flip=False, affine=False, intensity=False, seed=0)
+    x = aug(roi.array).numpy()
+    # The only randomness left is the crop offset: the result is one of the 13 x 13 crops.
+    full = to_model_input(roi)
+    found = False
+    for x0 in range(13):
+        for y0 in range(13):
+            ref = np.clip((roi.array[:, y0:y0 + 128, x0:x0 + 128] + 200) / 500, 0, 1).transpose(0, 2, 1)[None]
+            if np.allclose(ref, x, atol=1e-6):
+                found = True
+    assert found and full.shape == x.shape
+
+
+def _write_case(tmp_path, pid, phases=("A", "V")):
+    rng = np.random.default_rng(abs(hash(pid)) % 1000)
+    paths = {}
+    for k, ph in enumerate(phases):
+        arr = rng.normal(0, 30, (20, 60, 60)).astype(np.int16)
+        vol = Volume(arr, (3.0, 3.0, 8.0), (-90.0 + k, -90.0, -80.0))
+        paths[ph] = str(write_volume(vol, tmp_path / f"{pid}_{ph}.nii.gz"))
+    return CaseImages(pid, "internal", "train", paths, lesion_center=(10.0, -5.0, 0.0), lesion_side="left",
+                      kidney_centers={"left": (40.0, 0.0, 0.0), "right": (-40.0, 0.0, 0.0)},
+                      labels={"malignancy": "1", "renal_R": "2"},
+                      side_labels={"left": {"q_size": "3"}, "right": {"q_size": "0"}})
+
+
+def test_roi_cache_holds_exactly_the_rois_and_is_reused(tmp_path):
+    cases = [_write_case(tmp_path, "p1"), _write_case(tmp_path, "p2", ("N", "A", "V", "D"))]
+    out, skipped = build_cache(cases, tmp_path / "cache", "lesion")
+    rois, index = open_cache(out, "lesion")
+    assert len(rois) == 6 and not skipped
+    from renalclip_lib.io import read_volume
+
+    ref = crop_roi(read_volume(cases[1].phases["D"]), cases[1].lesion_center).array
+    row = next(r for r in index if r["patient_id"] == "p2" and r["phase"] == "D")
+    np.testing.assert_allclose(rois[int(row["row"])], np.rint(ref), atol=0.5)
+    mtime = (out / "rois_lesion.npy").stat().st_mtime_ns
+    build_cache(cases, out, "lesion")
+    assert (out / "rois_lesion.npy").stat().st_mtime_ns == mtime
+    kid_out, _ = build_cache(cases, tmp_path / "cache", "kidney")
+    krois, kindex = open_cache(kid_out, "kidney")
+    assert len(krois) == 12
+    left = [r for r in kindex if r["side"] == "left"]
+    assert {r["q_size"] for r in left} == {"3"} and all(r["malignancy"] == "1" for r in left)
+    units = group_units(kindex)
+    assert len(units) == 4 and sorted(units[2].rows) == ["A", "D", "N", "V"]
+    assert units[2].eval_phase() == "A"
+
+
+def test_roi_cache_bad_rows_fail_or_skip(tmp_path):
+    good = _write_case(tmp_path, "ok")
+    bad = _write_case(tmp_path, "bad")
+    bad.lesion_center = (500.0, 500.0, 500.0)
+    with pytest.raises(RenalCLIPError, match="outside the scan"):
+        build_cache([good, bad], tmp_path / "c1", "lesion")
+    assert not (tmp_path / "c1" / "rois_lesion.npy").exists()
+    out, skipped = build_cache([good, bad], tmp_path / "c2", "lesion", on_error="skip")
+    rois, index = open_cache(out, "lesion")
+    assert len(rois) == 2 and {r["patient_id"] for r in index} == {"ok"} and len(skipped) == 2
+
+
+def test_dataset_draws_every_available_phase_in_training():
+    rois = np.zeros((4, 32, 140, 140), np.int16)
+    for i in range(4):
+        rois[i] = i * 100
+    index = [{"row": str(i), "unit": "u", "patient_id": "p", "phase": ph} for i, ph in enumerate("NAVD")]
+    units = group_units(index)
+    aug = TrainAugment(flip=False, affine=False, intensity=False, seed=0)
+    ds = RoiDataset(rois, units, np.zeros((1, 1)), augment=aug, seed=0)
+    seen = {round(float(ds[0]["image"].mean()) * 500 - 200) for _ in range(40)}
+    assert seen == {0, 100, 200, 300}
+    ev = RoiDataset(rois, units, np.zeros((1, 1)))
+    assert round(float(ev[0]["image"].mean()) * 500 - 200) == 100  # arterial
+
+
+def test_metric_helpers_match_scikit_learn():
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 200).astype(float)
+    p = rng.dirichlet(np.ones(3), 200)
+    assert auc_score(y, p) == pytest.approx(roc_auc_score(y, p, multi_class="ovr", average="macro"))
+    y[:10] = np.nan
+    assert auc_score(y, p) == pytest.approx(roc_auc_score(y[10:], p[10:], multi_class="ovr", average="macro"))
+    assert np.isnan(auc_score(np.ones(5), rng.random(5)))
+    w = class_weights(np.array([0, 0, 0, 1, np.nan]), 3)
+    assert w[2] == 0 and w[1] == pytest.approx(3 * w[0]) and w[:2].mean() == pytest.approx(1.0)
