@@ -72,3 +72,12 @@ RELEASE_CLASS_COUNTS = {1: 3, 2: 4, 3: 5, 7: 2, 8: 5, 9: 4, 11: 7, 13: 3, 14: 7,
 def option_index(key: str, option: str) -> int:
     """Class index of an option text of question ``key`` (exact text as in ``options``)."""
     return QUESTION_BY_KEY[key].options.index(option)
+
+
+def size_class(diameter_cm: float) -> int:
+    """Question 3's class for a reported maximum diameter: <= 4, 4-7, 7-10, > 10 cm -> 1..4."""
+    if diameter_cm <= 4.0:
+        return 1
+    if diameter_cm <= 7.0:
+        return 2
+    return 3 if diameter_cm <= 10.0 else 4

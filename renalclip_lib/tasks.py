@@ -63,3 +63,25 @@ def renal_exophytic_class(exophytic_fraction: float) -> int:
 def renal_nearness_class(distance_mm: float) -> int:
     """N from the shortest lesion-to-collecting-system/sinus distance: >= 7 -> 0, 4-7 -> 1, <= 4 -> 2."""
     return 0 if distance_mm >= 7.0 else (1 if distance_mm > 4.0 else 2)
+
+
+# A: the share of the mass in front of the coronal plane through the hilar vessels that makes it
+# "anterior" (and behind it, "posterior"); in between, the mass straddles the plane: "neither".
+RENAL_A_MAJORITY = 2.0 / 3.0
+
+
+def renal_anterior_class(anterior_fraction: float) -> int:
+    """A from the fraction of lesion volume anterior to the hilar coronal plane: 0 a, 1 p, 2 neither (x)."""
+    if anterior_fraction >= RENAL_A_MAJORITY:
+        return 0
+    if anterior_fraction <= 1.0 - RENAL_A_MAJORITY:
+        return 1
+    return 2
+
+
+def renal_location_class(fraction_between_polar_lines: float, crosses_axial_midline: bool) -> int:
+    """L: 0 entirely above/below the polar lines; 1 crosses a polar line; 2 > 50% between the lines,
+    entirely between them, or crossing the axial midline (Supplementary Data Table 1)."""
+    if crosses_axial_midline or fraction_between_polar_lines > 0.5:
+        return 2
+    return 1 if fraction_between_polar_lines > 0.0 else 0

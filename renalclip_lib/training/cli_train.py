@@ -53,6 +53,7 @@ def cmd_preprocess(args) -> int:
 
 
 def cmd_train(args) -> int:
+    from ..atomic import jsonable
     from ..config import load_config
     from .image_stages import run_data_efficiency, run_stage
 
@@ -70,7 +71,7 @@ def cmd_train(args) -> int:
         from .compare import run_compare
 
         result = run_compare(cfg, args.out, log)
-    print(json.dumps({k: v for k, v in (result or {}).items() if k != "history"}, default=str))
+    print(json.dumps(jsonable({k: v for k, v in (result or {}).items() if k != "history"}), default=str))
     return 0
 
 

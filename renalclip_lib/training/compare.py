@@ -8,13 +8,12 @@ Usage: ``renalclip train compare --config Resources/configs/demo.yaml --out run`
 """
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import numpy as np
 
-from ..atomic import atomic_write_text
+from ..atomic import atomic_write_json, atomic_write_text
 from ..config import TrainConfig
 from ..data.datasets import parse_label
 from ..tasks import TASKS
@@ -95,7 +94,7 @@ def run_compare(cfg: TrainConfig, run_dir, log=None) -> dict:
         run_stage("survival", cfg, run_dir, log, init=init)
         results[init] = summarize(cfg, run_dir / "finetune" / init / "predictions.csv",
                                   run_dir / "survival" / init / "predictions.csv")
-    atomic_write_text(run_dir / "compare.json", json.dumps(results, indent=2, default=lambda v: None))
+    atomic_write_json(run_dir / "compare.json", results)
     atomic_write_text(run_dir / "compare.md", render_markdown(results, cfg.finetune.tasks))
     return {"table": str(run_dir / "compare.md"), "results": results}
 
@@ -121,5 +120,5 @@ def run_phase_fusion(cfg: TrainConfig, run_dir, init: str) -> dict:
         rows = read_rows(path)
         results[name] = {t: _auc(rows, t) for t in cfg.finetune.tasks}
         results[name]["rfs_cindex"] = _cindex(rows) if surv.exists() else float("nan")
-    atomic_write_text(out / "phase_fusion.json", json.dumps(results, indent=2, default=lambda v: None))
+    atomic_write_json(out / "phase_fusion.json", results)
     return {"results": results, "folder": str(out)}

@@ -57,7 +57,7 @@ class FinetuneTask:
         _, logits = model(batch["image"].to(device, non_blocking=True))
         target = batch["target"].to(device)
         losses = {t: masked_cross_entropy(logits[t], target[:, i], self.weights[t]) for i, t in enumerate(self.tasks)}
-        return sum(losses.values()), {f"loss_{t}": float(v) for t, v in losses.items()}
+        return sum(losses.values()), {f"loss_{t}": float(v.detach()) for t, v in losses.items()}
 
     def evaluate(self, model, loader, device) -> dict:
         logits, _ = predict_logits(model, loader, device)

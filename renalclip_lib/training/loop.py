@@ -26,7 +26,7 @@ from typing import Callable, Protocol
 import numpy as np
 import torch
 
-from ..atomic import atomic_torch_save, atomic_write_text
+from ..atomic import atomic_torch_save, atomic_write_text, jsonable
 from .distributed import DistContext, unwrap
 from .options import OptimOptions
 
@@ -140,22 +140,23 @@ def fit(task: StageTask, train_loader, val_loader, out_dir, cfg: OptimOptions,
             if val_loader is not None:
                 record.update(task.evaluate(unwrap(model), val_loader, ctx.device))
             value = record.get(cfg.select_metric, record["train_loss"] if cfg.select_metric == "train_loss" else None)
-            if _better(value, best, cfg.select_mode) or (val_loader is None and epoch == cfg.epochs - 1):
+            no_best_yet = best is None and epoch == cfg.epochs - 1   # metric never defined: keep the last
+            if _better(value, best, cfg.select_mode) or no_best_yet:
                 best, best_epoch = value, epoch
                 task.save_best(out / "best.pt", unwrap(model), record)
             history.append(record)
             atomic_torch_save({"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
                                "scheduler": scheduler.state_dict(), "epoch": epoch, "best": best,
                                "best_epoch": best_epoch, "history": history, "rng": _rng_state(),
-                               "config": _plain(asdict(cfg))}, last)
-            atomic_write_text(out / METRICS_LOG, "".join(json.dumps(_plain(h)) + "\n" for h in history))
+                               "config": jsonable(asdict(cfg))}, last)
+            atomic_write_text(out / METRICS_LOG, "".join(json.dumps(jsonable(h)) + "\n" for h in history))
             if log:
-                log(json.dumps(_plain(record)))
+                log(json.dumps(jsonable(record)))
         ctx.barrier()
 
     result = {"best": best, "best_epoch": best_epoch, "epochs": cfg.epochs, "history": history}
     if ctx.is_main:
-        atomic_write_text(out / FINISHED, json.dumps(_plain({k: v for k, v in result.items() if k != "history"})))
+        atomic_write_text(out / FINISHED, json.dumps(jsonable({k: v for k, v in result.items() if k != "history"}), allow_nan=False))
     return result
 
 
@@ -167,20 +168,10 @@ def _batch_size(batch) -> int:
     return int(batch.shape[0]) if hasattr(batch, "shape") else 1
 
 
-def _plain(obj):
-    if isinstance(obj, dict):
-        return {k: _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, (np.floating, np.integer)):
-        return obj.item()
-    if isinstance(obj, float) and math.isnan(obj):
-        return None
-    return obj
-
-
 def _progress(iterable, enabled: bool, desc: str):
-    if not enabled:
+    import sys
+
+    if not enabled or not sys.stderr.isatty():
         return iterable
     try:
         from tqdm import tqdm

@@ -1,0 +1,65 @@
+"""Write a synthetic cohort to disk: NIfTI images and label maps, and the manifest.
+
+Patient ``i`` of seed ``S`` always gets the child seed ``SeedSequence([S, i])`` and the same
+cohort (a low-discrepancy assignment), so it is the same patient whatever the number of patients.
+Files: ``images/<patient>_<phase>.nii.gz`` (int16 HU), ``labels/<patient>_<phase>.nii.gz`` (uint8),
+``manifest.csv`` (one row per image; see ``renalclip_lib.data.manifest``), all written atomically.
+
+Usage::
+
+    path = write_cohort("cohort", n_patients=12, seed=0, matrix=128)
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..constants import SIDES
+from ..io import write_volume
+from .case import FULL_MATRIX, generate_patient
+from .cohorts import cohort_index, resolve_cohorts, split_for_patient
+
+
+def patient_seed(seed: int, i: int) -> np.random.SeedSequence:
+    return np.random.SeedSequence([int(seed), int(i)])
+
+
+def _fmt(v):
+    return None if v is None else float(np.round(v, 3))
+
+
+def write_cohort(out_dir, n_patients: int, seed: int = 0, cohorts=None, matrix: int = FULL_MATRIX, phases=None,
+                 progress=None, compress: bool = True) -> Path:
+    """Generate ``n_patients`` and write images, label maps and ``manifest.csv``; returns the manifest path.
+
+    ``cohorts``: None (the default mix), a cohort name, a list of names / ``CohortSpec`` (equal
+    shares) or a dict of shares. ``phases`` restricts the phases written (e.g. ``("A", "V")``).
+    ``progress(done, total, what)`` is called after each patient.
+    """
+    from ..data.manifest import ManifestRow, write_manifest
+
+    out = Path(out_dir)
+    specs, shares = resolve_cohorts(cohorts)
+    rows = []
+    for i in range(int(n_patients)):
+        spec = specs[cohort_index(i, seed, shares)]
+        pid = f"case_{i:05d}"
+        pc = generate_patient(patient_seed(seed, i), spec, matrix=matrix, phases=phases, patient_id=pid,
+                              split=split_for_patient(spec, i, seed))
+        lab = pc.labels
+        for p, img in pc.images.items():
+            ip = write_volume(img, out / "images" / f"{pid}_{p}.nii.gz", compress)
+            lp = write_volume(pc.segmentations[p], out / "labels" / f"{pid}_{p}.nii.gz", compress)
+            c = pc.lesion_centers[p]
+            k = pc.kidney_centers[p]
+            values = dict(patient_id=pid, cohort=pc.cohort, split=pc.split, phase=p,
+                          image_path=ip.relative_to(out).as_posix(), label_path=lp.relative_to(out).as_posix(),
+                          lesion_side=lab["lesion_side"], center_x=_fmt(c[0]), center_y=_fmt(c[1]), center_z=_fmt(c[2]),
+                          **{f"kidney_{s}_{a}": _fmt(k[s][n]) for s in SIDES for n, a in enumerate("xyz")},
+                          **pc.reports,
+                          **{key: lab[key] for key in lab if key not in ("histology_group", "lesion_side")})
+            rows.append(ManifestRow.from_dict(values, base_dir=out))
+        if progress is not None:
+            progress(i + 1, int(n_patients), f"{pid} ({pc.cohort}, {'/'.join(pc.images)})")
+    return write_manifest(rows, out / "manifest.csv")
