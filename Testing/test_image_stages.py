@@ -1,0 +1,84 @@
+"""The image stages end to end on a tiny synthetic cohort: cache, attributes, fine-tuning,
+survival, compare, phase fusion and data efficiency write what the evaluation reads, and resume."""
+import csv
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+
+from renalclip_lib.cli import main  # noqa: E402
+from renalclip_lib.phantom import write_cohort  # noqa: E402
+from renalclip_lib.questionnaire import QUESTIONS  # noqa: E402
+from renalclip_lib.tasks import TASKS  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+QUICK = ["--set", "model.width=4", "--set", "model.embed_dim=16",
+         "--set", "attributes.optim.epochs=1", "--set", "finetune.optim.epochs=1", "--set", "survival.optim.epochs=1",
+         "--set", "attributes.optim.num_workers=0", "--set", "finetune.optim.num_workers=0",
+         "--set", "survival.optim.num_workers=0", "--set", "data_efficiency.fractions=[0.5,1.0]",
+         "--set", "data_efficiency.seeds=[0]", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    root = tmp_path_factory.mktemp("stages")
+    manifest = write_cohort(root / "cohort", n_patients=24, seed=5, matrix=64,
+                            cohorts={"pretrain": 0.3, "internal": 0.5, "tcia_like": 0.2})
+    assert main(["preprocess", "--manifest", str(manifest), "--out", str(root / "cache"), "--quiet"]) == 0
+    return root
+
+
+def _rows(path):
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_compare_runs_every_stage_and_writes_predictions(cohort):
+    run = cohort / "run"
+    args = ["train", "compare", "--config", "Resources/configs/demo.yaml", "--out", str(run),
+            "--set", f"data.cache={cohort / 'cache'}"] + QUICK
+    assert main(args) == 0
+    from renalclip_lib.models import load_checkpoint
+
+    att = load_checkpoint(run / "attributes" / "best.pt")
+    assert att.flavour == "renalclip"
+    assert {n: h.block_forward[2].out_features for n, h in att.classifiers.items()} == \
+        {f"text_label_{q.release_id}": q.n_classes for q in QUESTIONS}
+    for init in ("random", "attributes"):
+        rows = _rows(run / "finetune" / init / "predictions.csv")
+        assert rows and {r["split"] for r in rows} <= {"val", "test"}
+        r0 = rows[0]
+        for task in ("renal_R", "renal_E", "renal_N", "renal_A", "renal_L"):
+            probs = [float(r0[f"{task}_prob_{c}"]) for c in range(len(TASKS[task].classes))]
+            assert sum(probs) == pytest.approx(1.0, abs=1e-4)
+        assert 0 <= float(r0["malignancy_prob"]) <= 1 and r0["malignancy_true"] in ("0", "1")
+        surv = _rows(run / "survival" / init / "predictions.csv")
+        assert len(surv) == len(rows) and all(np.isfinite(float(r["risk"])) for r in surv)
+        ck = load_checkpoint(run / "survival" / init / "best.pt")
+        assert ck.cox is not None
+    table = (run / "compare.md").read_text()
+    assert "malignancy AUC" in table and "rfs_cindex" in table
+    json.loads((run / "compare.json").read_text())   # strict JSON (no NaN)
+    # Finished stages are not run again.
+    mtime = (run / "attributes" / "best.pt").stat().st_mtime_ns
+    assert main(args) == 0
+    assert (run / "attributes" / "best.pt").stat().st_mtime_ns == mtime
+
+
+def test_phase_fusion_and_data_efficiency(cohort):
+    run = cohort / "run2"
+    base = ["--config", "Resources/configs/demo.yaml", "--out", str(run), "--set", f"data.cache={cohort / 'cache'}",
+            "--set", "finetune.init=random"] + QUICK
+    assert main(["train", "finetune"] + base) == 0
+    assert main(["train", "phase-fusion"] + base) == 0
+    fused = run / "finetune" / "random" / "phase_fusion"
+    single, allp = _rows(fused / "predictions_single.csv"), _rows(fused / "predictions_N+A+V+D.csv")
+    assert [r["patient_id"] for r in single] == [r["patient_id"] for r in allp]
+    assert main(["train", "data-efficiency"] + base + ["--set", "data_efficiency.inits=[random]"]) == 0
+    de = _rows(run / "data_efficiency.csv")
+    assert {(r["model"], r["fraction"], r["seed"]) for r in de} == {("random", "0.5", "0"), ("random", "1.0", "0")}
+    assert {r["task"] for r in de} == set(TASKS[t].name for t in ("renal_R", "renal_E", "renal_N", "renal_A", "renal_L",
+                                                                   "malignancy", "aggressiveness"))
