@@ -15,11 +15,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-from pathlib import Path
 
-import numpy as np
 
 from .errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_OK, RenalCLIPError
 
@@ -99,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .training.cli_train import add_parsers as add_training_parsers
 
     add_training_parsers(sub)
+    from .evaluation.cli import add_evaluate_parser
+
+    add_evaluate_parser(sub)
     return p
 
 

@@ -112,8 +112,6 @@ def read_volume(path: PathLike | Sequence[PathLike], series_uid: str | None = No
     rescale slope/intercept are applied, so the array is in HU. Raises a ``RenalCLIPError``
     subclass naming the file for a missing, unreadable, non-3D or invalid image.
     """
-    import SimpleITK as sitk
-
     if isinstance(path, (list, tuple)):
         files = [os.fspath(p) for p in path]
         if not files:

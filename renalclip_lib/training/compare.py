@@ -16,28 +16,11 @@ import numpy as np
 from ..atomic import atomic_write_json, atomic_write_text
 from ..config import TrainConfig
 from ..data.datasets import parse_label
-from ..tasks import TASKS
-from .common import auc_score
-from .image_stages import lesion_units, run_stage
+from .image_stages import cohort_groups, lesion_units, run_stage, task_auc
 from .predictions import read_rows
 from .survival import concordance
 
 INITS = ("random", "attributes")
-
-
-def _groups(cfg: TrainConfig, rows: list[dict]) -> dict[str, list[dict]]:
-    internal = set(cfg.data.train_cohorts)
-    return {"internal validation": [r for r in rows if r["cohort"] in internal],
-            "external (combined)": [r for r in rows if r["cohort"] not in internal]}
-
-
-def _auc(rows: list[dict], task: str) -> float:
-    y = np.array([parse_label(r.get(f"{task}_true", "")) for r in rows])
-    if TASKS[task].kind == "binary":
-        p = np.array([parse_label(r.get(f"{task}_prob", "")) for r in rows])
-    else:
-        p = np.array([[parse_label(r.get(f"{task}_prob_{c}", "")) for c in range(len(TASKS[task].classes))] for r in rows])
-    return auc_score(y, p) if len(rows) else float("nan")
 
 
 def _cindex(rows: list[dict], endpoint: str = "rfs") -> float:
@@ -55,8 +38,8 @@ def summarize(cfg: TrainConfig, finetune_csv: Path, survival_csv: Path | None) -
         if r["patient_id"] in surv:
             r["risk"] = surv[r["patient_id"]].get("risk", "")
     out = {}
-    for group, grows in _groups(cfg, rows).items():
-        metrics = {t: _auc(grows, t) for t in cfg.finetune.tasks}
+    for group, grows in cohort_groups(cfg, rows).items():
+        metrics = {t: task_auc(grows, t) for t in cfg.finetune.tasks}
         for ep in ("rfs", "dss", "os"):
             metrics[f"{ep}_cindex"] = _cindex(grows, ep) if surv else float("nan")
         metrics["n"] = len(grows)
@@ -118,7 +101,7 @@ def run_phase_fusion(cfg: TrainConfig, run_dir, init: str) -> dict:
     results = {}
     for name, path in files.items():
         rows = read_rows(path)
-        results[name] = {t: _auc(rows, t) for t in cfg.finetune.tasks}
+        results[name] = {t: task_auc(rows, t) for t in cfg.finetune.tasks}
         results[name]["rfs_cindex"] = _cindex(rows) if surv.exists() else float("nan")
     atomic_write_json(out / "phase_fusion.json", results)
     return {"results": results, "folder": str(out)}

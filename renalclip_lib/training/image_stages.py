@@ -119,23 +119,30 @@ def run_stage(stage: str, cfg: TrainConfig, run_dir, log=None, init: str | None 
     raise ConfigError(cfg.source, f"unknown image stage '{stage}' (attributes, finetune, survival)")
 
 
-def _task_aucs(pred_csv: Path, tasks) -> dict:
-    rows = read_rows(pred_csv)
-    out = {}
-    for t in tasks:
-        y = np.array([parse_label(r.get(f"{t}_true", "")) for r in rows])
-        if TASKS[t].kind == "binary":
-            p = np.array([parse_label(r.get(f"{t}_prob", "")) for r in rows])
-        else:
-            p = np.array([[parse_label(r.get(f"{t}_prob_{c}", "")) for c in range(len(TASKS[t].classes))] for r in rows])
-        out[t] = auc_score(y, p)
-    return out
+def cohort_groups(cfg: TrainConfig, rows: list[dict]) -> dict[str, list[dict]]:
+    """Evaluated rows as the paper groups them: internal validation and the external cohorts combined."""
+    internal = set(cfg.data.train_cohorts)
+    return {"internal_validation": [r for r in rows if r["cohort"] in internal],
+            "combined_external": [r for r in rows if r["cohort"] not in internal]}
+
+
+def task_auc(rows: list[dict], task: str) -> float:
+    """AUC (macro one-vs-rest for R.E.N.A.L.) of a task from prediction rows; NaN if undefined."""
+    if not rows:
+        return float("nan")
+    y = np.array([parse_label(r.get(f"{task}_true", "")) for r in rows])
+    if TASKS[task].kind == "binary":
+        p = np.array([parse_label(r.get(f"{task}_prob", "")) for r in rows])
+    else:
+        p = np.array([[parse_label(r.get(f"{task}_prob_{c}", "")) for c in range(len(TASKS[task].classes))] for r in rows])
+    return auc_score(y, p)
 
 
 def run_data_efficiency(cfg: TrainConfig, run_dir, log=None) -> Path:
     """Fine-tune every init on every fraction x seed; write ``data_efficiency.csv`` (AUC on all eval units).
 
-    Columns: model, task, fraction, seed, metric, value (the evaluation's data-efficiency input).
+    Columns: model, task, cohort, fraction, seed, metric, value: the data-efficiency input of
+    ``renalclip evaluate --data-efficiency``; cohorts are ``cohort_groups``.
     """
     from .finetune import run_finetune
     from .loop import is_finished as done
@@ -151,13 +158,15 @@ def run_data_efficiency(cfg: TrainConfig, run_dir, log=None) -> Path:
                 if not done(out):
                     subset = subsample(train, frac, seed)
                     run_finetune(cfg, rois, subset, val, evaluated, run_dir, out, init, seed=seed, log=log)
-                for task, auc in _task_aucs(out / "predictions.csv", cfg.finetune.tasks).items():
-                    records.append({"model": Path(init).stem, "task": task, "fraction": frac, "seed": seed,
-                                    "metric": "auc", "value": "" if math.isnan(auc) else f"{auc:.6f}"})
+                for group, rows in cohort_groups(cfg, read_rows(out / "predictions.csv")).items():
+                    for task in cfg.finetune.tasks:
+                        auc = task_auc(rows, task)
+                        records.append({"model": Path(init).stem, "task": task, "cohort": group, "fraction": frac,
+                                        "seed": seed, "metric": "auc", "value": "" if math.isnan(auc) else f"{auc:.6f}"})
     path = run_dir / "data_efficiency.csv"
     with atomic_path(path) as tmp:
         with open(tmp, "w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=["model", "task", "fraction", "seed", "metric", "value"])
+            w = csv.DictWriter(fh, fieldnames=["model", "task", "cohort", "fraction", "seed", "metric", "value"])
             w.writeheader()
             w.writerows(records)
     return path
