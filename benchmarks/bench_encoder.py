@@ -12,17 +12,15 @@ Usage: ``python benchmarks/bench_encoder.py [--width 64] [--batches 6] [--worker
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import describe_machine  # noqa: E402
+from machine import describe_machine, median_seconds  # noqa: E402
 
 from renalclip_lib.data.augment import TrainAugment  # noqa: E402
 from renalclip_lib.data.datasets import RoiDataset, group_units  # noqa: E402
@@ -40,16 +38,6 @@ def _fake_cache(folder: Path, n_units: int) -> tuple[np.ndarray, list]:
     index = [{"row": str(2 * u + k), "unit": f"u{u}", "patient_id": f"p{u}", "phase": ph}
              for u in range(n_units) for k, ph in enumerate("AV")]
     return np.load(path, mmap_mode="r"), group_units(index)
-
-
-def _rate(fn, n_items: int, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return n_items / statistics.median(times)
 
 
 def main() -> None:
@@ -91,8 +79,8 @@ def main() -> None:
             if amp:
                 torch.cuda.synchronize()
 
-        bare = _rate(bare_infer, n, args.repeats)
-        pipe = _rate(pipeline_infer, n, args.repeats)
+        bare = n / median_seconds(bare_infer, args.repeats)
+        pipe = n / median_seconds(pipeline_infer, args.repeats)
         kind = "bf16 channels-last" if amp else "float32"
         print(f"inference ({kind}, width {args.width}, batch {args.batch}): bare {bare:.1f} vol/s, "
               f"with cache+loader {pipe:.1f} vol/s, ratio {pipe / bare:.2f}")
@@ -122,8 +110,8 @@ def main() -> None:
             if amp:
                 torch.cuda.synchronize()
 
-        bare_t = _rate(bare_train, n, args.repeats)
-        pipe_t = _rate(pipeline_train, n, args.repeats)
+        bare_t = n / median_seconds(bare_train, args.repeats)
+        pipe_t = n / median_seconds(pipeline_train, args.repeats)
         print(f"training (width {args.width}, batch {args.batch}, {args.workers} loader workers): bare {bare_t:.2f} samples/s, "
               f"with augmentation+loader {pipe_t:.2f} samples/s, ratio {pipe_t / bare_t:.2f} (target >= 0.9)")
 

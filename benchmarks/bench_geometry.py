@@ -8,15 +8,13 @@ Usage: ``python benchmarks/bench_geometry.py [--repeats 5] [--slices 200]``
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import describe_machine  # noqa: E402
+from machine import describe_machine, median_seconds  # noqa: E402
 
 from renalclip_lib.io import Volume  # noqa: E402
 from renalclip_lib.preprocess import crop_roi, register_phases, to_model_input  # noqa: E402
@@ -27,16 +25,6 @@ def _phase(rng, shape_zyx, spacing, shift_mm) -> Volume:
     nz, ny, nx = shape_zyx
     origin = -0.5 * np.array([nx - 1, ny - 1, nz - 1]) * np.asarray(spacing) + np.asarray(shift_mm)
     return Volume(arr, spacing, origin, np.eye(3))
-
-
-def _median_time(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -51,7 +39,7 @@ def main() -> None:
 
     ct = _phase(rng, shape, (0.78, 0.78, 1.25), (0, 0, 0))
     centre = np.array([35.0, 10.0, -20.0])
-    t_roi = _median_time(lambda: to_model_input(crop_roi(ct, centre)), args.repeats)
+    t_roi = median_seconds(lambda: to_model_input(crop_roi(ct, centre)), args.repeats)
     print(f"crop_roi + to_model_input: median {t_roi:.3f} s over {args.repeats} runs "
           f"(target 0.3 s, ratio {t_roi / 0.3:.2f})")
 
@@ -62,7 +50,7 @@ def main() -> None:
         "D": _phase(rng, (args.slices // 4, 512, 512), (0.75, 0.75, 5.0), (0.5, 2.5, 4.0)),
     }
     reps = max(1, args.repeats // 2)
-    t_reg = _median_time(lambda: register_phases(phases), reps)
+    t_reg = median_seconds(lambda: register_phases(phases), reps)
     print(f"register_phases (4 phases onto A): median {t_reg:.3f} s over {reps} runs "
           f"(target 5 s, ratio {t_reg / 5.0:.2f})")
 

@@ -1,11 +1,13 @@
-"""A one-line description of the machine a benchmark ran on (printed with every result).
+"""What every benchmark shares: a one-line description of the machine, and timing by median.
 
-Usage: ``print(describe_machine())``
+Usage: ``print(describe_machine()); t = median_seconds(fn, repeats=5)``
 """
 from __future__ import annotations
 
 import os
 import platform
+import statistics
+import time
 
 
 def describe_machine() -> str:
@@ -26,3 +28,14 @@ def describe_machine() -> str:
     except (ValueError, OSError):
         pass
     return f"{cores} usable cores ({cpu}){mem}, Python {platform.python_version()}, {platform.system()}"
+
+
+def median_seconds(fn, repeats: int) -> float:
+    """Median wall time of ``fn()`` over ``repeats`` runs, after one warm-up run."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
