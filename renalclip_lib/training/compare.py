@@ -2,7 +2,8 @@
 
 Runs (or reuses) the attributes stage, then fine-tuning and survival from each encoder, and
 tabulates AUC for the seven tasks and Harrell's C-index for RFS on the internal validation
-cohort and on the external cohorts combined. Writes ``compare.md`` and ``compare.json``.
+cohort and on the external cohorts combined. Writes ``compare.md``, ``compare.json`` and, per
+encoder, ``predictions_<init>.csv`` (classification and risk joined) for ``renalclip evaluate``.
 
 Usage: ``renalclip train compare --config Resources/configs/demo.yaml --out run``
 """
@@ -17,7 +18,7 @@ from ..atomic import atomic_write_json, atomic_write_text
 from ..config import TrainConfig
 from ..data.datasets import parse_label
 from .image_stages import cohort_groups, lesion_units, run_stage, task_auc
-from .predictions import read_rows
+from .predictions import merge_prediction_files, read_rows
 from .survival import concordance
 
 INITS = ("random", "attributes")
@@ -77,6 +78,8 @@ def run_compare(cfg: TrainConfig, run_dir, log=None) -> dict:
         run_stage("survival", cfg, run_dir, log, init=init)
         results[init] = summarize(cfg, run_dir / "finetune" / init / "predictions.csv",
                                   run_dir / "survival" / init / "predictions.csv")
+        merge_prediction_files([run_dir / "finetune" / init / "predictions.csv",
+                                run_dir / "survival" / init / "predictions.csv"], run_dir / f"predictions_{init}.csv")
     atomic_write_json(run_dir / "compare.json", results)
     atomic_write_text(run_dir / "compare.md", render_markdown(results, cfg.finetune.tasks))
     return {"table": str(run_dir / "compare.md"), "results": results}
