@@ -99,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .evaluation.cli import add_evaluate_parser
 
     add_evaluate_parser(sub)
+    from .segmentation.cli import add_segmentation_parser
+
+    add_segmentation_parser(sub)
     return p
 
 
