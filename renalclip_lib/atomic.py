@@ -38,7 +38,7 @@ def atomic_path(path, suffix: str | None = None):
 
 def atomic_write_text(path, text: str) -> Path:
     with atomic_path(path) as tmp:
-        with open(tmp, "w", newline="") as fh:
+        with open(tmp, "w", newline="", encoding="utf-8") as fh:
             fh.write(text)
     return Path(path)
 

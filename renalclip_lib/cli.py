@@ -102,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .segmentation.cli import add_segmentation_parser
 
     add_segmentation_parser(sub)
+    from .inference.cli import add_inference_parsers
+
+    add_inference_parsers(sub)
     return p
 
 

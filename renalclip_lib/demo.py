@@ -18,44 +18,13 @@ from .atomic import atomic_path, atomic_save_npy, atomic_write_text
 from .constants import PHASE_NAMES
 from .io import read_volume, write_volume
 from .preprocess import crop_roi, lesion_center, register_phases, to_model_input
+from .inference.panel import save_assessment_panel
 from .preprocess.resample import reference_phase, resample_to_reference
-
-PREVIEW_WINDOW_HU = (-160.0, 240.0)
 
 
 def save_roi_preview(rois: dict, path, title: str = "") -> Path:
     """Axial, coronal and sagittal planes through the centre of each phase's ROI, as one PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    phases = list(rois)
-    fig, axes = plt.subplots(len(phases), 3, figsize=(7.5, 2.6 * len(phases)), squeeze=False)
-    lo, hi = PREVIEW_WINDOW_HU
-    for r, ph in enumerate(phases):
-        a = rois[ph].array
-        nz, ny, nx = a.shape
-        planes = [(a[nz // 2 - 1:nz // 2 + 1].mean(0), 1.0, "axial"),
-                  (a[::-1, ny // 2, :], rois[ph].spacing[2] / rois[ph].spacing[0], "coronal"),
-                  (a[::-1, :, nx // 2], rois[ph].spacing[2] / rois[ph].spacing[1], "sagittal")]
-        for c, (img, aspect, name) in enumerate(planes):
-            ax = axes[r, c]
-            ax.imshow(img, cmap="gray", vmin=lo, vmax=hi, aspect=aspect, interpolation="nearest")
-            ax.axhline(img.shape[0] / 2 - 0.5, color="#f2c14e", lw=0.4)
-            ax.axvline(img.shape[1] / 2 - 0.5, color="#f2c14e", lw=0.4)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if c == 0:
-                ax.set_ylabel(PHASE_NAMES[ph], fontsize=9)
-            if r == 0:
-                ax.set_title(name, fontsize=9)
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=80, format="png")
-    plt.close(fig)
-    return Path(path)
+    return save_assessment_panel(rois, path, title=title)
 
 
 def process_patient(case, out_dir: Path) -> dict:

@@ -298,7 +298,8 @@ def write_volume(volume: Volume, path: PathLike, compress: bool = True) -> Path:
 
 
 def write_dicom_series(volume: Volume, folder: PathLike, series_description: str = "RenalCLIP",
-                       series_uid: str | None = None, study_uid: str | None = None) -> Path:
+                       series_uid: str | None = None, study_uid: str | None = None,
+                       patient_id: str | None = None) -> Path:
     """Write an int16 CT DICOM series (one file per slice, values in HU, slope 1, intercept 0) atomically.
 
     The folder is built under a temporary name and renamed into place, so a reader never sees half a
@@ -340,6 +341,8 @@ def write_dicom_series(volume: Volume, folder: PathLike, series_description: str
                 "0028|1052": "0",
                 "0028|1053": "1",
             }
+            if patient_id is not None:
+                tags["0010|0020"] = patient_id
             for key, value in tags.items():
                 sl.SetMetaData(key, value)
             writer.SetFileName(str(tmpdir / f"slice_{k:04d}.dcm"))

@@ -85,3 +85,24 @@ def renal_location_class(fraction_between_polar_lines: float, crosses_axial_midl
     if crosses_axial_midline or fraction_between_polar_lines > 0.5:
         return 2
     return 1 if fraction_between_polar_lines > 0.0 else 0
+
+
+# R.E.N.A.L. nephrometry sum (Kutikov & Uzzo 2009): R, E, N and L score 1-3 points (class + 1);
+# A contributes a suffix, not points.
+NEPHROMETRY_POINT_COMPONENTS = ("R", "E", "N", "L")
+NEPHROMETRY_A_SUFFIX = ("a", "p", "x")
+NEPHROMETRY_COMPLEXITY = ((4, 6, "low"), (7, 9, "moderate"), (10, 12, "high"))
+
+
+def nephrometry_score(classes: dict) -> dict:
+    """Total score, A suffix and complexity from component classes {"R": 0-2, ...}.
+
+    Missing R/E/N/L components make the total None. ``nephrometry_score({"R": 1, "E": 0, "N": 2,
+    "A": 1, "L": 2})`` -> ``{"total": 10, "suffix": "p", "complexity": "high"}``.
+    """
+    pts = [classes.get(c) for c in NEPHROMETRY_POINT_COMPONENTS]
+    total = None if any(p is None for p in pts) else int(sum(int(p) + 1 for p in pts))
+    a = classes.get("A")
+    suffix = "" if a is None else NEPHROMETRY_A_SUFFIX[int(a)]
+    complexity = None if total is None else next(name for lo, hi, name in NEPHROMETRY_COMPLEXITY if lo <= total <= hi)
+    return {"total": total, "suffix": suffix, "complexity": complexity}

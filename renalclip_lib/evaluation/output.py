@@ -45,7 +45,7 @@ def _versions() -> dict:
 
 
 def _write_json(path: Path, data) -> None:
-    path.write_text(json.dumps(data, indent=1, allow_nan=False) + "\n")
+    path.write_text(json.dumps(data, indent=1, allow_nan=False) + "\n", encoding="utf-8")
 
 
 def write_run(res, out: str | os.PathLike, figures: bool = True, progress=None) -> dict:
@@ -77,7 +77,7 @@ def write_run(res, out: str | os.PathLike, figures: bool = True, progress=None) 
             figs = write_figures(res, tmp / "figures")
         if progress:
             progress(2, 3, f"{len(figs)} figures")
-        (tmp / "index.html").write_text(render_index(res, tables, figs, tmp))
+        (tmp / "index.html").write_text(render_index(res, tables, figs, tmp), encoding="utf-8")
         if out.exists():
             old = out.parent / f".{out.name}.old-{os.getpid()}"
             os.replace(out, old)

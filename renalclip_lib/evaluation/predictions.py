@@ -70,7 +70,7 @@ def _who(frame: pd.DataFrame, row: int) -> str:
 
 
 def _numeric(frame: pd.DataFrame, raw: pd.DataFrame, col: str, path: Path) -> None:
-    values = pd.to_numeric(raw[col].str.strip().replace("", np.nan), errors="coerce")
+    values = pd.to_numeric(raw[col].str.strip(), errors="coerce")
     bad = values.isna() & raw[col].notna() & (raw[col].str.strip() != "")
     if bad.any():
         i = int(np.flatnonzero(bad.to_numpy())[0])
@@ -229,7 +229,7 @@ def read_cohort_list(path: str | os.PathLike) -> CohortSpec:
     path = Path(path)
     _require_file(path)
     spec = CohortSpec(source=str(path))
-    for line in path.read_text().splitlines():
+    for line in path.read_text(encoding="utf-8").splitlines():
         line = line.split("#", 1)[0].strip()
         if not line:
             continue

@@ -83,8 +83,8 @@ class Table:
     def write(self, folder: Path) -> list[Path]:
         folder.mkdir(parents=True, exist_ok=True)
         paths = [folder / f"{self.name}.md", folder / f"{self.name}.csv"]
-        paths[0].write_text(self.to_markdown())
-        paths[1].write_text(self.to_csv())
+        paths[0].write_text(self.to_markdown(), encoding="utf-8")
+        paths[1].write_text(self.to_csv(), encoding="utf-8")
         return paths
 
 

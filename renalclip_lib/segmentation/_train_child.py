@@ -46,7 +46,7 @@ def _tiny_plan(plans: dict, cfg_in: dict) -> dict:
 
 
 def main(config_path: str) -> None:
-    with open(config_path) as fh:
+    with open(config_path, encoding="utf-8") as fh:
         cfg = json.load(fh)
     import numpy as np
     import torch
@@ -122,7 +122,7 @@ def main(config_path: str) -> None:
                "features_per_stage": plans["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"]["features_per_stage"],
                "patch_size": plans["configurations"]["3d_fullres"]["patch_size"],
                "spacing": plans["configurations"]["3d_fullres"]["spacing"]}
-    with open(os.path.join(out, "training_summary.json"), "w") as fh:
+    with open(os.path.join(out, "training_summary.json"), "w", encoding="utf-8") as fh:
         json.dump(summary, fh, indent=2)
     print("[renalclip] " + json.dumps(summary), flush=True)
 

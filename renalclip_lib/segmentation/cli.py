@@ -1,6 +1,5 @@
 """``renalclip segmentation``: predict with an nnU-Net model folder; train the tiny synthetic model.
 
-
 Usage::
 
     renalclip segmentation train-synthetic --out models/synthetic [--patients 6] [--epochs 3]

@@ -115,7 +115,7 @@ def _lookup_table(mapping: dict[int, int]) -> np.ndarray:
 
 def _load_json(path: Path) -> dict:
     try:
-        with open(path) as fh:
+        with open(path, encoding="utf-8") as fh:
             obj = json.load(fh)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InvalidModelError(path, f"unreadable JSON ({exc})") from None

@@ -102,7 +102,7 @@ def build_raw_dataset(raw_root, n_patients: int, seed: int = 0, matrix: int = 96
     dataset = {"name": DATASET_NAME, "description": "RenalCLIP synthetic phantom cohort (not real CT)",
                "channel_names": {"0": "CT"}, "labels": LABELS, "numTraining": n, "file_ending": ".nii.gz",
                "overwrite_image_reader_writer": "SimpleITKIO"}
-    (raw / "dataset.json").write_text(json.dumps(dataset, indent=2))
+    (raw / "dataset.json").write_text(json.dumps(dataset, indent=2), encoding="utf-8")
     return raw
 
 
@@ -151,21 +151,21 @@ def train_synthetic(out, n_patients: int = 6, epochs: int = 3, iterations: int =
                "plan": {"base_features": base_features, "max_features": max_features, "max_patch": max_patch, "max_stages": max_stages,
                         "batch_size": batch_size}}
         cfg_path = work / "config.json"
-        cfg_path.write_text(json.dumps(cfg, indent=2))
+        cfg_path.write_text(json.dumps(cfg, indent=2), encoding="utf-8")
         log_path = work / "training_log.txt"
         say(f"nnU-Net plan, preprocess and train ({epochs} epochs x {iterations} iterations) in a child process")
-        with open(log_path, "w") as log:
+        with open(log_path, "w", encoding="utf-8") as log:
             proc = subprocess.run([sys.executable, "-m", "renalclip_lib.segmentation._train_child", str(cfg_path)],
                                   env=child_environment(work, 1, n_proc_da, threads), cwd=str(work),
                                   stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         if proc.returncode != 0 or not (model_tmp / "fold_0" / "checkpoint_final.pth").is_file():
-            tail = log_path.read_text(errors="replace")[-4000:]
+            tail = log_path.read_text(encoding="utf-8", errors="replace")[-4000:]
             raise TrainingFailedError(f"nnU-Net training failed (exit {proc.returncode}); end of its log:\n{tail}")
         shutil.copy(log_path, model_tmp / "training_log.txt")
-        summary = json.loads((model_tmp / "training_summary.json").read_text())
+        summary = json.loads((model_tmp / "training_summary.json").read_text(encoding="utf-8"))
         summary.update(patients=n_patients, matrix=matrix, seed=seed, crop=crop, total_seconds=round(time.time() - t0, 1),
                        model=str(out))
-        (model_tmp / "training_summary.json").write_text(json.dumps(summary, indent=2))
+        (model_tmp / "training_summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
         # Atomic replacement: the old model (if any) moves aside, the new one is renamed into place.
         if out.exists():
             os.replace(out, work / "previous")

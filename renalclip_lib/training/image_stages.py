@@ -165,7 +165,7 @@ def run_data_efficiency(cfg: TrainConfig, run_dir, log=None) -> Path:
                                         "seed": seed, "metric": "auc", "value": "" if math.isnan(auc) else f"{auc:.6f}"})
     path = run_dir / "data_efficiency.csv"
     with atomic_path(path) as tmp:
-        with open(tmp, "w", newline="") as fh:
+        with open(tmp, "w", newline="", encoding="utf-8") as fh:
             w = csv.DictWriter(fh, fieldnames=["model", "task", "cohort", "fraction", "seed", "metric", "value"])
             w.writeheader()
             w.writerows(records)

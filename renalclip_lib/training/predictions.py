@@ -53,7 +53,7 @@ def write_rows(path, rows: list[dict]) -> Path:
     for r in rows:
         columns += [k for k in r if k not in columns]
     with atomic_path(path) as tmp:
-        with open(tmp, "w", newline="") as fh:
+        with open(tmp, "w", newline="", encoding="utf-8") as fh:
             w = csv.DictWriter(fh, fieldnames=columns)
             w.writeheader()
             w.writerows(rows)
@@ -65,7 +65,7 @@ def write_predictions(path, units, probs: dict, risk: np.ndarray | None = None) 
 
 
 def read_rows(path) -> list[dict]:
-    with open(path, newline="") as fh:
+    with open(path, newline="", encoding="utf-8") as fh:
         return list(csv.DictReader(fh))
 
 

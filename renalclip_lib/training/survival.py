@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..atomic import atomic_write_json
 from ..config import TrainConfig
 from ..data.augment import TrainAugment
 from ..data.datasets import RoiDataset, Unit
@@ -102,4 +103,18 @@ def run_survival(cfg: TrainConfig, rois, train_units: list[Unit], val_units: lis
         eval_ds = RoiDataset(rois, eval_units, unit_targets(eval_units, cols))
         out, _ = predict_logits(best, make_loader(eval_ds, opt.batch_size, False), ctx.device)
         write_predictions(Path(out_dir) / "predictions.csv", eval_units, {}, risk=out["risk"].reshape(-1))
+        train_eval = RoiDataset(rois, train_units, unit_targets(train_units, cols))
+        train_out, _ = predict_logits(best, make_loader(train_eval, opt.batch_size, False), ctx.device)
+        write_risk_threshold(Path(out_dir) / RISK_THRESHOLD_FILE, train_out["risk"].reshape(-1), sv.endpoint)
     return result
+
+
+RISK_THRESHOLD_FILE = "risk_threshold.json"
+
+
+def write_risk_threshold(path, train_risk: np.ndarray, endpoint: str) -> Path:
+    """The risk-group cut-off the paper uses: the median Cox risk of the training cohort."""
+    risk = np.asarray(train_risk, float)
+    risk = risk[np.isfinite(risk)]
+    return atomic_write_json(path, {"endpoint": endpoint, "threshold": float(np.median(risk)) if risk.size else None,
+                                    "n_train": int(risk.size), "rule": "median risk of the training cohort"})
