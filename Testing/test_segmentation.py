@@ -161,6 +161,8 @@ def test_label_map_variants():
     assert output_label_map(no_tumor_region) == {0: 0, 1: LABEL_KIDNEY, 2: LABEL_TUMOR}
     extra = {"labels": {"background": 0, "liver": 1, "kidney_left": 2, "kidney_right": 3, "renal tumour": 4}}
     assert output_label_map(extra) == {0: 0, 1: 0, 2: LABEL_KIDNEY, 3: LABEL_KIDNEY, 4: LABEL_TUMOR}
+    plain_mass = {"labels": {"background": 0, "kidney": 1, "mass": 2}}
+    assert output_label_map(plain_mass) == {0: 0, 1: LABEL_KIDNEY, 2: LABEL_TUMOR}
     with pytest.raises(InvalidModelError, match="no label named kidney"):
         output_label_map({"labels": {"background": 0, "liver": 1}}, "x/dataset.json")
     with pytest.raises(InvalidModelError, match="regions_class_order"):

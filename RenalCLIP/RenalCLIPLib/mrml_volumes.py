@@ -1,7 +1,8 @@
 """Convert between Slicer volume nodes (RAS) and renalclip_lib ``Volume`` objects (LPS).
 
-This is the only place where Slicer's RAS meets the library's LPS: every other part of the
-extension hands ``Volume`` objects to renalclip_lib. Works on real Slicer and on slicer-core's
+Slicer's RAS meets the library's LPS here, with the one conversion of
+``renalclip_lib.coordinates``: every other part of the extension hands ``Volume`` objects (LPS) to
+renalclip_lib. Works on real Slicer and on slicer-core's
 headless MRML (no Qt needed).
 
 Usage::
@@ -14,15 +15,9 @@ from __future__ import annotations
 
 import numpy as np
 
-RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])
+from renalclip_lib.coordinates import RAS_TO_LPS, lps_to_ras, ras_to_lps
 
-
-def ras_to_lps(point) -> np.ndarray:
-    """An RAS point (Slicer's coordinates) as LPS (the library's); the map is its own inverse."""
-    return RAS_TO_LPS @ np.asarray(point, float).reshape(3)
-
-
-lps_to_ras = ras_to_lps
+__all__ = ["RAS_TO_LPS", "lps_to_ras", "node_from_volume", "ras_to_lps", "volume_from_node"]
 
 
 def _ijk_to_ras(node) -> np.ndarray:
@@ -33,10 +28,12 @@ def _ijk_to_ras(node) -> np.ndarray:
     return np.array([[m.GetElement(r, c) for c in range(4)] for r in range(4)])
 
 
-def volume_from_node(node):
+def volume_from_node(node, with_voxels: bool = True):
     """The node's voxels (array (k, j, i), a copy) and geometry as an LPS ``Volume``.
 
-    A parent transform, if any, must be hardened first: the library works in world coordinates.
+    ``with_voxels=False`` gives the geometry only (a read-only zero-size-in-memory array of the
+    right shape), for overlap checks without copying a large scan. A parent transform, if any,
+    must be hardened first: the library works in world coordinates.
     """
     import slicer
     from renalclip_lib.io import Volume
@@ -48,7 +45,13 @@ def volume_from_node(node):
     spacing = np.linalg.norm(lin, axis=0)
     direction = lin / spacing
     origin = RAS_TO_LPS @ m[:3, 3]
-    array = np.array(slicer.util.arrayFromVolume(node), copy=True)
+    if node.GetImageData() is None:
+        raise ValueError(f"volume '{node.GetName()}' holds no image data")
+    if with_voxels:
+        array = np.array(slicer.util.arrayFromVolume(node), copy=True)
+    else:
+        i, j, k = node.GetImageData().GetDimensions()
+        array = np.broadcast_to(np.zeros((), np.float32), (k, j, i))
     return Volume(array, spacing, origin, direction, source=node.GetName())
 
 

@@ -61,7 +61,9 @@ def _name_kind(name: str) -> str | None:
     return None
 
 
-_KIND_LABEL = {"kidney": LABEL_KIDNEY, "tumor": LABEL_TUMOR, "cyst": LABEL_CYST, None: LABEL_BACKGROUND}
+# A label named only "mass"/"lesion" (no tumour/cyst distinction) is treated as the primary lesion.
+_KIND_LABEL = {"kidney": LABEL_KIDNEY, "tumor": LABEL_TUMOR, "mass": LABEL_TUMOR, "cyst": LABEL_CYST,
+               None: LABEL_BACKGROUND}
 
 
 def output_label_map(dataset_json: dict, source=None) -> dict[int, int]:
