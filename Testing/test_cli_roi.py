@@ -121,7 +121,7 @@ def _nan_nifti(t: Path) -> Path:
 
 def _no_dicom_folder(t: Path) -> Path:
     (t / "dicom").mkdir()
-    (t / "dicom" / "notes.txt").write_text("nothing here\n")
+    (t / "dicom" / "notes.txt").write_text("nothing here\n", encoding="utf-8")
     return t / "dicom"
 
 

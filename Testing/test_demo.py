@@ -1,33 +1,33 @@
-"""The demo runs the main job end to end on a small synthetic cohort: files, centres, tensors."""
+"""``renalclip demo --quick``: the whole product end to end on synthetic data, then a resumed rerun."""
 import json
 
-import numpy as np
+import pytest
 
 from renalclip_lib.cli import main
-from renalclip_lib.data.manifest_cases import cases_from_manifest
-from renalclip_lib.io import read_volume
+from renalclip_lib.inference import Assessment, load_bundle
+
+pytestmark = pytest.mark.slow
 
 
-def test_demo_writes_rois_tensors_previews_and_summary(tmp_path, capsys):
+def test_quick_demo_runs_everything_and_resumes(tmp_path, capsys):
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--patients", "3", "--matrix", "96", "--quiet"]) == 0
-    summary = json.loads((out / "summary.json").read_text())
-    assert len(summary["patients"]) >= 1
-    cases = {c.patient_id: c for c in cases_from_manifest(summary["manifest"])[0]}
-    for p in summary["patients"]:
-        # The centre found on the registered segmentation is the one the cohort recorded.
-        assert p["distance_to_manifest_center_mm"] < 2.0
-        assert set(p["rois"]) == set(cases[p["patient_id"]].phases)
-        for path in p["rois"].values():
-            roi = read_volume(path)
-            assert roi.array.shape == (32, 140, 140)
-            np.testing.assert_allclose(roi.origin + (np.array([139, 139, 31]) * roi.spacing) / 2,
-                                       p["lesion_center_lps"], atol=0.01)
-        x = np.load(p["tensor"])
-        assert x.shape == (1, 32, 128, 128) and x.dtype == np.float32 and 0 <= x.min() and x.max() <= 1
-        with open(p["preview"], "rb") as fh:
-            assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
-    # Running again reuses the cohort and gives the same answer.
-    first = summary["patients"][0]["lesion_center_lps"]
-    assert main(["demo", "--out", str(out), "--quiet"]) == 0
-    assert json.loads((out / "summary.json").read_text())["patients"][0]["lesion_center_lps"] == first
+    assert main(["demo", "--out", str(out), "--quick", "--quiet"]) == 0
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    stages = summary["stages"]
+    assert stages["finetune"]["status"] == "done" and stages["bundle"]["status"] == "done"
+    assert all(v["status"] == "done" or v.get("reason") for v in stages.values())
+    index = (out / "index.html").read_text(encoding="utf-8")
+    assert "not for clinical use" in index and "panel.png" in index
+    assert (out / "panel.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    a = Assessment.read(out / "assessment.json")
+    assert a.nephrometry["total"] in range(4, 13) and 0.0 <= a.tasks["malignancy"]["probability"] <= 1.0
+    assert a.survival["risk_group"] in ("high", "low")
+    assert "not for clinical use" in a.disclaimer
+    bundle = load_bundle(summary["bundle"])
+    assert bundle.manifest["synthetic"] is True and set(bundle.heads) >= {"renal_R", "malignancy"}
+    assert (out / "run" / "evaluation" / "metrics.json").exists()
+    assert 0.0 <= summary["nnunet"]["kidney_dice"] <= 1.0
+
+    assert main(["demo", "--out", str(out), "--quick", "--quiet"]) == 0
+    again = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    assert {v["status"] for v in again["stages"].values()} <= {"done earlier", "skipped"}

@@ -58,7 +58,7 @@ def test_full_run_writes_metrics_tables_figures_and_index(inputs, tmp_path, caps
     assert run_cli(["evaluate", *args, "--out", str(out)]) == EXIT_OK
     summary = json.loads(capsys.readouterr().out)
     assert summary["figures"] > 10 and summary["tables"] > 10
-    metrics = json.loads((out / "metrics.json").read_text())
+    metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     assert set(metrics) == {"CNN", "RenalCLIP"}
     cell = metrics["RenalCLIP"]["malignancy"]["external"]["roc_auc"]
     assert set(cell) >= {"value", "ci_low", "ci_high", "n"} and cell["n"] == 80
@@ -66,13 +66,13 @@ def test_full_run_writes_metrics_tables_figures_and_index(inputs, tmp_path, caps
     for name in ("renal_R_roc_auc", "malignancy_specificity", "rfs_c_index", "rfs_cox_internal", "report_internal",
                  "retrieval_external", "data_efficiency_malignancy_roc_auc", "zeroshot_malignancy_roc_auc"):
         assert (out / "tables" / f"{name}.md").is_file() and (out / "tables" / f"{name}.csv").is_file(), name
-    md = (out / "tables" / "malignancy_roc_auc.md").read_text()
+    md = (out / "tables" / "malignancy_roc_auc.md").read_text(encoding="utf-8")
     assert re.search(r"\| external \| .*\*\*\d\.\d{3} \(\d\.\d{3}-\d\.\d{3}\)\*\*", md)
     for fig in ("roc_malignancy_internal", "km_rfs_external", "td_rfs_internal", "radar_internal",
                 "retrieval_internal", "report_internal", "data_efficiency_malignancy_internal"):
         png = out / "figures" / f"{fig}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", fig
-    html = (out / "index.html").read_text()
+    html = (out / "index.html").read_text(encoding="utf-8")
     for link in re.findall(r"(?:href|src)='([^'#]+)'", html):
         assert (out / link).is_file(), link
     assert not list(tmp_path.glob(".eval.tmp-*"))
@@ -97,13 +97,13 @@ def test_output_folder_is_replaced_only_if_it_holds_an_evaluation(inputs, tmp_pa
     small = args[:4] + ["--bootstrap", "0", "--no-figures", "--quiet"]
     other = tmp_path / "other"
     other.mkdir()
-    (other / "notes.txt").write_text("keep me")
+    (other / "notes.txt").write_text("keep me", encoding="utf-8")
     assert run_cli(["evaluate", *small, "--out", str(other)]) == EXIT_BAD_INPUT
     assert "no metrics.json" in capsys.readouterr().err and (other / "notes.txt").is_file()
     out = tmp_path / "eval"
     assert run_cli(["evaluate", *small, "--out", str(out)]) == EXIT_OK
-    (out / "stale.txt").write_text("from an earlier run")
+    (out / "stale.txt").write_text("from an earlier run", encoding="utf-8")
     assert run_cli(["evaluate", *small, "--out", str(out)]) == EXIT_OK
     assert (out / "metrics.json").is_file() and not (out / "stale.txt").exists()
-    cell = json.loads((out / "metrics.json").read_text())["CNN"]["malignancy"]["internal"]["roc_auc"]
+    cell = json.loads((out / "metrics.json").read_text(encoding="utf-8"))["CNN"]["malignancy"]["internal"]["roc_auc"]
     assert cell["ci_low"] is None and cell["value"] is not None          # --bootstrap 0: no CI

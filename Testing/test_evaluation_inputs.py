@@ -65,7 +65,7 @@ def test_bad_files_give_one_line_naming_the_column(tmp_path, change, expected):
 def test_missing_and_unreadable_files(tmp_path):
     with pytest.raises(MissingFileError):
         read_predictions(tmp_path / "nope.csv", "M")
-    (tmp_path / "empty.csv").write_text("patient_id,cohort\n")
+    (tmp_path / "empty.csv").write_text("patient_id,cohort\n", encoding="utf-8")
     with pytest.raises(PredictionsError, match="no rows"):
         read_predictions(tmp_path / "empty.csv", "M")
     with pytest.raises(PredictionsError, match="NAME=FILE"):
@@ -80,7 +80,7 @@ def test_empty_labels_leave_the_row_out_but_keep_the_file_valid(tmp_path):
 
 
 def test_cohort_list_and_groups(tmp_path):
-    (tmp_path / "c.txt").write_text("# order of the rows\nb\ncombined = a, b  # pooled\na\n")
+    (tmp_path / "c.txt").write_text("# order of the rows\nb\ncombined = a, b  # pooled\na\n", encoding="utf-8")
     spec = read_cohort_list(tmp_path / "c.txt")
     assert spec.order == ["b", "combined", "a"] and spec.groups == {"combined": ["a", "b"]}
     models = [read_predictions(_write(tmp_path, _base()), "M")]
@@ -91,7 +91,7 @@ def test_cohort_list_and_groups(tmp_path):
         resolve_cohorts(bad, models)
     with pytest.raises(PredictionsError, match="name of a cohort"):
         resolve_cohorts(CohortSpec(groups={"a": ["b"]}), models)
-    (tmp_path / "d.txt").write_text("a\na\n")
+    (tmp_path / "d.txt").write_text("a\na\n", encoding="utf-8")
     with pytest.raises(PredictionsError, match="twice"):
         read_cohort_list(tmp_path / "d.txt")
 

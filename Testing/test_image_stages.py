@@ -32,7 +32,7 @@ def cohort(tmp_path_factory):
 
 
 def _rows(path):
-    with open(path, newline="") as fh:
+    with open(path, newline="", encoding="utf-8") as fh:
         return list(csv.DictReader(fh))
 
 
@@ -59,9 +59,9 @@ def test_compare_runs_every_stage_and_writes_predictions(cohort):
         assert len(surv) == len(rows) and all(np.isfinite(float(r["risk"])) for r in surv)
         ck = load_checkpoint(run / "survival" / init / "best.pt")
         assert ck.cox is not None
-    table = (run / "compare.md").read_text()
+    table = (run / "compare.md").read_text(encoding="utf-8")
     assert "malignancy AUC" in table and "rfs_cindex" in table
-    json.loads((run / "compare.json").read_text())   # strict JSON (no NaN)
+    json.loads((run / "compare.json").read_text(encoding="utf-8"))   # strict JSON (no NaN)
     # Finished stages are not run again.
     mtime = (run / "attributes" / "best.pt").stat().st_mtime_ns
     assert main(args) == 0

@@ -213,17 +213,41 @@ def test_batch_isolates_failures_resumes_and_evaluates(world, tmp_path):
     out = tmp_path / "batch"
     assert main(["batch", "--manifest", str(manifest), "--bundle", str(world["bundle"]), "--out", str(out),
                  "--bootstrap", "20", "--quiet"]) == 0
-    rows = list(csv.DictReader(open(out / "summary.csv")))
+    rows = list(csv.DictReader(open(out / "summary.csv", encoding="utf-8")))
     status = {r["patient_id"]: r["status"] for r in rows}
     assert status[cases[1].patient_id] == "failed" and status[cases[0].patient_id] == "done"
     assert "truncated" in next(r["error"] for r in rows if r["patient_id"] == cases[1].patient_id).lower()
-    preds = list(csv.DictReader(open(out / "predictions.csv")))
+    preds = list(csv.DictReader(open(out / "predictions.csv", encoding="utf-8")))
     assert len(preds) == 2 and "renal_R_prob_2" in preds[0] and "malignancy_true" in preds[0]
     assert (out / "evaluation" / "metrics.json").exists()
     first = (out / "cases" / cases[0].patient_id / "assessment.json").stat().st_mtime_ns
     open(broken, "wb").write(data)
     assert main(["batch", "--manifest", str(manifest), "--bundle", str(world["bundle"]), "--out", str(out),
                  "--bootstrap", "20", "--quiet"]) == 0
-    rows = {r["patient_id"]: r["status"] for r in csv.DictReader(open(out / "summary.csv"))}
+    rows = {r["patient_id"]: r["status"] for r in csv.DictReader(open(out / "summary.csv", encoding="utf-8"))}
     assert rows[cases[0].patient_id] == "done (earlier run)" and rows[cases[1].patient_id] == "done"
     assert (out / "cases" / cases[0].patient_id / "assessment.json").stat().st_mtime_ns == first
+
+
+def test_zeroshot_answer_is_the_softmax_of_scaled_max_similarities(world, tmp_path):
+    from renalclip_lib.evaluation.zeroshot import save_prompt_embeddings
+    from renalclip_lib.models.clip_model import ClipModel, save_clip_model
+
+    torch.manual_seed(7)
+    clip = ClipModel(ImageEncoder(width=WIDTH, embed_dim=16))
+    clip_pt = save_clip_model(tmp_path / "clip.pt", clip)
+    rng = np.random.default_rng(0)
+    prompts = {"malignancy": {c: rng.normal(size=(5, 16)).astype(np.float32) for c in (0, 1)}}
+    for c in (0, 1):
+        prompts["malignancy"][c] /= np.linalg.norm(prompts["malignancy"][c], axis=1, keepdims=True)
+    npz = save_prompt_embeddings(tmp_path / "prompts.npz", prompts)
+    bundle = load_bundle(build_bundle(tmp_path / "b", heads=world["tasks_pt"], clip=clip_pt, zeroshot=npz))
+    case = world["cases"][0]
+    a = analyze_case(case.phases, bundle, center_lps=case.lesion_center)
+    x = torch.from_numpy(to_model_input(crop_roi(read_volume(case.phases["A"]), case.lesion_center))[None])
+    with torch.no_grad():
+        emb = clip.image_encoder.eval().embed(x)[0].numpy()
+    scale = float(np.exp(clip.logit_scale.item()))
+    s0, s1 = (float((prompts["malignancy"][c] @ emb).max()) for c in (0, 1))
+    expected = 1.0 / (1.0 + np.exp(-scale * (s1 - s0)))
+    assert a.zeroshot["malignancy"]["probability"] == pytest.approx(expected, abs=1e-4)

@@ -272,7 +272,7 @@ def test_dicom_folder_with_two_series_picks_largest_unless_uid_given(tmp_path):
 
 def test_dicom_bad_inputs_name_the_file(tmp_path):
     (tmp_path / "notdicom").mkdir()
-    (tmp_path / "notdicom" / "readme.txt").write_text("no images here\n")
+    (tmp_path / "notdicom" / "readme.txt").write_text("no images here\n", encoding="utf-8")
     with pytest.raises(UnreadableFileError) as exc:
         read_volume(tmp_path / "notdicom")
     assert str(tmp_path / "notdicom") in str(exc.value)
@@ -284,7 +284,7 @@ def test_dicom_bad_inputs_name_the_file(tmp_path):
     assert str(gone) in str(exc.value)
 
     junk = tmp_path / "dcm" / "junk.dcm"
-    junk.write_text("not a dicom file\n")
+    junk.write_text("not a dicom file\n", encoding="utf-8")
     with pytest.raises(UnreadableFileError) as exc:
         read_volume([*map(str, paths), str(junk)])
     assert str(junk) in str(exc.value)

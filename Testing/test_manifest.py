@@ -45,13 +45,13 @@ def test_cohort_manifest_round_trip(cohort, tmp_path):
     assert [r.image_path.resolve() for r in again] == [r.image_path.resolve() for r in rows]
     assert [r.values for r in again] == [r.values for r in rows]
     assert not [p for p in copy.parent.iterdir() if p.name.startswith(".tmp")]
-    header = next(csv.reader(open(copy)))
+    header = next(csv.reader(open(copy, encoding="utf-8")))
     assert header[: len(COLUMNS)] == list(COLUMNS)
 
 
 def _write(path, rows, header=None):
     header = header or list(dict.fromkeys(k for r in rows for k in r))
-    with open(path, "w", newline="") as fh:
+    with open(path, "w", newline="", encoding="utf-8") as fh:
         w = csv.DictWriter(fh, fieldnames=header)
         w.writeheader()
         for r in rows:

@@ -217,8 +217,8 @@ def test_determinism_and_patient_independent_of_n(tmp_path):
     assert a.labels == b.labels and a.reports == b.reports
     m2 = write_cohort(tmp_path / "two", 2, seed=3, matrix=64, phases=("A", "V"))
     m3 = write_cohort(tmp_path / "three", 3, seed=3, matrix=64, phases=("A", "V"))
-    rows2 = m2.read_text().splitlines()
-    rows3 = m3.read_text().splitlines()
+    rows2 = m2.read_text(encoding="utf-8").splitlines()
+    rows3 = m3.read_text(encoding="utf-8").splitlines()
     assert rows3[: len(rows2)] == rows2
     import SimpleITK as sitk
     for f in (tmp_path / "two" / "images").iterdir():

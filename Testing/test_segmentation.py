@@ -136,11 +136,11 @@ def test_renamed_labels_are_remapped(trained, model, held_out, tmp_path):
     """Same network, dataset.json naming its outputs differently: our labels follow the names."""
     copy = tmp_path / "renamed"
     shutil.copytree(trained["dir"], copy)
-    ds = json.loads((copy / "dataset.json").read_text())
+    ds = json.loads((copy / "dataset.json").read_text(encoding="utf-8"))
     assert ds["labels"] == {"background": 0, "kidney": 1, "tumor": 2, "cyst": 3}
     # Output value 1 is now called "Renal_Cyst", 2 "kidney_parenchyma", 3 "Tumour".
     ds["labels"] = {"background": 0, "Renal_Cyst": 1, "kidney_parenchyma": 2, "Tumour": 3}
-    (copy / "dataset.json").write_text(json.dumps(ds))
+    (copy / "dataset.json").write_text(json.dumps(ds), encoding="utf-8")
     renamed = SegmentationModel(copy, mirroring=False)
     assert renamed.label_map == {0: 0, 1: LABEL_CYST, 2: LABEL_KIDNEY, 3: LABEL_TUMOR}
     img, _ = held_out[2]
@@ -228,7 +228,7 @@ def test_bad_model_folders(trained, tmp_path):
         SegmentationModel(src, folds=(1,))
     broken = tmp_path / "badjson"
     shutil.copytree(src, broken)
-    (broken / "plans.json").write_text("{not json")
+    (broken / "plans.json").write_text("{not json", encoding="utf-8")
     with pytest.raises(InvalidModelError, match="plans.json: unreadable JSON"):
         SegmentationModel(broken)
     corrupt = tmp_path / "corrupt"

@@ -246,7 +246,7 @@ def _script(tmp_path, body, name="child.py"):
     path = tmp_path / name
     path.write_text("import json, os, sys, time\n"
                     "def emit(**kw):\n    sys.stdout.write(json.dumps(kw) + '\\n'); sys.stdout.flush()\n"
-                    + textwrap.dedent(body))
+                    + textwrap.dedent(body), encoding="utf-8")
     return [sys.executable, str(path)]
 
 
@@ -312,7 +312,7 @@ def test_cancel_kills_the_child_and_its_children(tmp_path):
     argv = _script(tmp_path, f"""
         import subprocess
         g = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
-        open({str(pid_file)!r}, "w").write(str(g.pid))
+        open({str(pid_file)!r}, "w", encoding="utf-8").write(str(g.pid))
         emit(event="progress", step="models", fraction=0.1, message="slow")
         time.sleep(120)
         """)
@@ -325,13 +325,13 @@ def test_cancel_kills_the_child_and_its_children(tmp_path):
     job.cancel()
     assert job.wait(15) == "cancelled"
     assert time.monotonic() - t0 < 30 and events[-1] == ("finished", "cancelled")
-    gpid = int(pid_file.read_text())
+    gpid = int(pid_file.read_text(encoding="utf-8"))
     for _ in range(50):
         try:
             os.kill(gpid, 0)
         except ProcessLookupError:
             break
-        if Path(f"/proc/{gpid}/stat").exists() and Path(f"/proc/{gpid}/stat").read_text().split()[2] == "Z":
+        if Path(f"/proc/{gpid}/stat").exists() and Path(f"/proc/{gpid}/stat").read_text(encoding="utf-8").split()[2] == "Z":
             break
         time.sleep(0.1)
     else:
@@ -413,7 +413,7 @@ assessment = {
     "phases": {"used": sorted(phases), "reference": "A", "fusion": len(phases) > 1, "shapes": shapes},
     "warnings": ["no N head"], "models": {}, "timings": {},
 }
-json.dump(assessment, open(out, "w"))
+json.dump(assessment, open(out, "w", encoding="utf-8"))
 rep.progress("models", 1.0, "done")
 rep.result(assessment=out, summary={"risk_group": "high"})
 '''
@@ -421,7 +421,7 @@ rep.result(assessment=out, summary={"risk_group": "high"})
 
 def test_segmentation_and_analysis_run_in_children_and_fill_the_scene(scene, sample, tmp_path, monkeypatch):
     fake = tmp_path / "fake_renalclip.py"
-    fake.write_text(FAKE_CLI)
+    fake.write_text(FAKE_CLI, encoding="utf-8")
     monkeypatch.setenv("FAKE_LABELS", sample["labels"]["A"])
     logic = CaseLogic(scene, renalclipPrefix=[sys.executable, str(fake)], workFolder=tmp_path / "work")
     load_sample_case(scene, Path(sample["images"]["A"]).parents[1], matrix=64)
@@ -478,13 +478,13 @@ def test_results_rows_summary_and_saved_report(tmp_path):
     line = summary_line(a)
     assert "R.E.N.A.L. 9a (moderate)" in line and "aggressiveness 0.83" in line and "malignancy" not in line
     path = tmp_path / "assessment.json"
-    path.write_text(json.dumps(a))
+    path.write_text(json.dumps(a), encoding="utf-8")
     assert load_assessment(path)["nephrometry"]["total"] == 9
     txt, js = save_report(tmp_path / "r.txt", tmp_path / "r.json", "Findings: edited.", a)
-    assert txt.read_text() == "Findings: edited.\n"
-    saved = json.loads(js.read_text())
+    assert txt.read_text(encoding="utf-8") == "Findings: edited.\n"
+    saved = json.loads(js.read_text(encoding="utf-8"))
     assert saved["report"]["text"] == "Findings: edited." and saved["report"]["generated_text"] == "Findings: x."
-    path.write_text(json.dumps({**a, "schema_version": 7}))
+    path.write_text(json.dumps({**a, "schema_version": 7}), encoding="utf-8")
     with pytest.raises(Exception, match="assessment.json: assessment schema version 7"):
         load_assessment(path)
 
@@ -522,7 +522,7 @@ def test_dependencies_ask_once_and_never_touch_slicers_own_packages():
     assert dependencies.DependencyInstaller(fake, find_spec, version_of).ensure(["core"]) is True
     (kind, args), = [c for c in fake.calls if c[0] == "pip_install"]
     assert args[0] == "pyyaml>=6.0" and args[1] == "-c"
-    assert Path(args[2]).read_text() == "numpy==2.3.5\nSimpleITK==2.5.7\n"
+    assert Path(args[2]).read_text(encoding="utf-8") == "numpy==2.3.5\nSimpleITK==2.5.7\n"
     assert not any(dependencies.distribution_name(a) in dependencies.PROTECTED for a in args)
     # Testing mode: no question asked.
     present.discard("yaml")
@@ -550,7 +550,7 @@ def test_dependencies_ask_once_and_never_touch_slicers_own_packages():
 
 def test_dependency_versions_follow_pyproject():
     tomllib = pytest.importorskip("tomllib", reason="Python 3.11+ reads pyproject.toml")
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
     declared = set(project["dependencies"])
     for extra in project["optional-dependencies"].values():
         declared.update(extra)
@@ -576,10 +576,10 @@ def _ui_widgets():
 
 
 def _widget_names_used():
-    tree = ast.parse((MODULE / "RenalCLIP.py").read_text())
+    tree = ast.parse((MODULE / "RenalCLIP.py").read_text(encoding="utf-8"))
     names = {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Attribute)
              and n.value.attr == "ui" and isinstance(n.value.value, ast.Name) and n.value.value.id == "self"}
-    src = (MODULE / "RenalCLIP.py").read_text()
+    src = (MODULE / "RenalCLIP.py").read_text(encoding="utf-8")
     names |= set(re.findall(r'"(\w+(?:Selector|Button))"', src))
     return names
 
@@ -602,19 +602,19 @@ def test_every_widget_the_panel_uses_is_in_the_ui_file_with_the_expected_class()
 
 
 def test_cmakelists_lists_every_module_file_and_resource():
-    text = (MODULE / "CMakeLists.txt").read_text().replace("${MODULE_NAME}", "RenalCLIP")
+    text = (MODULE / "CMakeLists.txt").read_text(encoding="utf-8").replace("${MODULE_NAME}", "RenalCLIP")
     listed = set(re.findall(r"^\s+([\w/.]+\.(?:py|png|ui))\s*$", text, re.M))
     on_disk = {p.relative_to(MODULE).as_posix() for p in MODULE.rglob("*")
                if p.is_file() and p.suffix in (".py", ".png", ".ui") and "__pycache__" not in p.parts}
     assert listed == on_disk
-    top = (ROOT / "CMakeLists.txt").read_text()
+    top = (ROOT / "CMakeLists.txt").read_text(encoding="utf-8")
     assert "add_subdirectory(RenalCLIP)" in top and "renalclip_lib/*.py" in top and "ctkMacroCompilePythonScript" in top
     assert "WITH_GENERIC_TESTS" in text
 
 
 def test_readme_documents_the_self_test_command_of_the_module():
-    module_src = (MODULE / "RenalCLIP.py").read_text()
-    assert SELF_TEST in (ROOT / "README.md").read_text()
+    module_src = (MODULE / "RenalCLIP.py").read_text(encoding="utf-8")
+    assert SELF_TEST in (ROOT / "README.md").read_text(encoding="utf-8")
     assert "class RenalCLIPTest(ScriptedLoadableModuleTest)" in module_src and "def test_workflow_on_sample_case" in module_src
 
 

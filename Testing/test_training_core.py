@@ -92,9 +92,9 @@ def test_loop_logs_selects_best_and_marks_finished(tmp_path):
     losses = [h["val_loss"] for h in result["history"]]
     assert result["best_epoch"] == int(np.argmin(losses)) and task.saved[-1] == result["best_epoch"]
     assert result["history"][-1]["train_loss"] < result["history"][0]["train_loss"]
-    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [0, 1, 2, 3]
-    assert json.loads((tmp_path / "run" / "finished.json").read_text())["best_epoch"] == result["best_epoch"]
+    assert json.loads((tmp_path / "run" / "finished.json").read_text(encoding="utf-8"))["best_epoch"] == result["best_epoch"]
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["best.pt", "checkpoint_last.pt", "finished.json",
                                                                      "metrics.jsonl"]
 
@@ -129,7 +129,7 @@ def test_loop_resumes_mid_schedule_exactly(tmp_path):
 
 def test_config_validation_names_file_and_key(tmp_path):
     good = tmp_path / "c.yaml"
-    good.write_text("model:\n  width: 16\nfinetune:\n  optim:\n    epochs: 3\n    lr: 1.0e-3\n")
+    good.write_text("model:\n  width: 16\nfinetune:\n  optim:\n    epochs: 3\n    lr: 1.0e-3\n", encoding="utf-8")
     cfg = load_config(good, {"finetune.optim.batch_size": 4})
     assert cfg.model.width == 16 and cfg.finetune.optim.epochs == 3 and cfg.finetune.optim.batch_size == 4
     for text, match in [("model:\n  widht: 16\n", "unknown key 'model.widht'"),
@@ -139,7 +139,7 @@ def test_config_validation_names_file_and_key(tmp_path):
                         ("finetune: [1, 2]\n", "'finetune' must be a mapping"),
                         ("model: {width: 16\n", "not valid YAML")]:
         bad = tmp_path / "bad.yaml"
-        bad.write_text(text)
+        bad.write_text(text, encoding="utf-8")
         with pytest.raises(ConfigError, match=match) as exc:
             load_config(bad)
         assert str(exc.value).startswith(str(bad))

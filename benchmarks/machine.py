@@ -13,7 +13,7 @@ import time
 def describe_machine() -> str:
     cpu = platform.processor() or platform.machine()
     try:
-        with open("/proc/cpuinfo") as fh:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
             for line in fh:
                 if line.startswith("model name"):
                     cpu = line.split(":", 1)[1].strip()

@@ -49,9 +49,14 @@ def cmd_phantom(args) -> int:
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
-    summary = run_demo(args.out, n_patients=args.patients, seed=args.seed, matrix=args.matrix,
-                       progress=_progress_printer(args.quiet))
-    print(json.dumps(summary, indent=2))
+    from .progress import ProgressReporter
+
+    rep = ProgressReporter(json_lines=args.progress_json, quiet=args.quiet)
+    summary = run_demo(args.out, quick=args.quick, seed=args.seed, reporter=rep)
+    if args.progress_json:
+        rep.result(index=summary["index"], bundle=summary["bundle"])
+    else:
+        print(json.dumps({k: summary[k] for k in ("index", "bundle", "assessment", "timings_s", "disclaimer")}, indent=2))
     return EXIT_OK
 
 
@@ -85,11 +90,13 @@ def build_parser() -> argparse.ArgumentParser:
     ph.add_argument("--quiet", action="store_true")
     ph.set_defaults(func=cmd_phantom)
 
-    d = sub.add_parser("demo", help="run the main job end to end on a small synthetic cohort")
+    d = sub.add_parser("demo", help="the whole product on synthetic data: cohort, nnU-Net, every training "
+                                    "stage, evaluation, one analysed case, DIR/index.html",
+                       description="Models trained by the demo are trained on synthetic data: not for clinical use.")
     d.add_argument("--out", default="demo_out")
-    d.add_argument("--patients", type=int, default=6)
+    d.add_argument("--quick", action="store_true", help="smaller cohort and shorter training (a few minutes)")
     d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--matrix", type=int, default=160)
+    d.add_argument("--progress-json", action="store_true")
     d.add_argument("--quiet", action="store_true")
     d.set_defaults(func=cmd_demo)
 
@@ -102,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .segmentation.cli import add_segmentation_parser
 
     add_segmentation_parser(sub)
+    from .extraction.cli import add_extract_parser
+
+    add_extract_parser(sub)
     from .inference.cli import add_inference_parsers
 
     add_inference_parsers(sub)
@@ -109,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    import os
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))

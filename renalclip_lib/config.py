@@ -18,6 +18,7 @@ from pathlib import Path
 
 from .errors import ConfigError, MissingFileError
 from .training.options import OptimOptions
+from .training.report_options import ReportOptions
 
 
 @dataclass
@@ -62,6 +63,92 @@ class DataEfficiencyOptions:
 
 
 @dataclass
+class EvaluationOptions:
+    """The pipeline's evaluation stage (``renalclip evaluate`` on the joined predictions)."""
+    bootstrap: int = 1000
+    seed: int = 0
+
+    def validate(self, source=None, where: str = "evaluation") -> "EvaluationOptions":
+        if self.bootstrap < 0:
+            raise ConfigError(source, f"{where}.bootstrap must be >= 0")
+        return self
+
+
+@dataclass
+class TextPhaseOptions:
+    """One phase of the text stage (MNTP or SimCSE), Supplementary Data Tables 37-38."""
+    steps: int = 1000
+    batch_size: int = 32
+    lr: float = 5e-5
+    weight_decay: float = 0.0
+    betas: tuple = (0.9, 0.999)
+    mask_probability: float = 0.2     # MNTP: share of tokens masked
+    dropout: float = 0.2              # SimCSE: dropout that makes the two views differ
+    temperature: float = 0.05         # SimCSE: cosine / temperature (llm2vec's scale 20)
+
+    def validate(self, source=None, where: str = "text") -> "TextPhaseOptions":
+        checks = [(self.steps >= 1, "steps must be >= 1"), (self.batch_size >= 2, "batch_size must be >= 2"),
+                  (self.lr > 0, "lr must be > 0"), (self.weight_decay >= 0, "weight_decay must be >= 0"),
+                  (len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "betas must be two numbers in [0, 1)"),
+                  (0 < self.mask_probability < 1, "mask_probability must be in (0, 1)"),
+                  (0 <= self.dropout < 1, "dropout must be in [0, 1)"), (self.temperature > 0, "temperature must be > 0")]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(source, f"{where}: {message}")
+        return self
+
+
+@dataclass
+class TextOptions:
+    """Stage "text": LLM2Vec MNTP then unsupervised SimCSE, both as LoRA, on the training reports."""
+    base: str = ""                    # local Llama/Mistral folder, or "tiny": a small Llama from a config
+    tiny_hidden: int = 64             # the "tiny" model: width, layers, heads (Mistral 32k tokenizer)
+    tiny_layers: int = 2
+    tiny_heads: int = 4
+    max_length: int = 224
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    amp: str = "bf16"                 # on GPU; CPU runs stay fp32
+    gradient_checkpointing: bool = True
+    seed: int = 0
+    mntp: TextPhaseOptions = field(default_factory=lambda: TextPhaseOptions(batch_size=32, lr=5e-5))
+    simcse: TextPhaseOptions = field(default_factory=lambda: TextPhaseOptions(batch_size=128, lr=3e-5))
+
+
+@dataclass
+class ClipOptions:
+    """Stage "clip": contrastive alignment (Supplementary Data Table 39) and its outputs."""
+    init: str = "attributes"          # image encoder: random | attributes | a checkpoint path
+    text_encoder: str = "text"        # text (the text stage's encoder) | minilm | a model folder | an encoder.json
+    text_kind: str = "llm2vec"        # for a model folder: llm2vec | bert
+    text_adapters: list = field(default_factory=list)
+    text_max_length: int = 224
+    text_batch_size: int = 32
+    n_shuffles: int = 4
+    init_temperature: float = 0.07
+    max_logit_scale: float = 100.0
+    flip: bool = False
+    prompts: str = ""                 # zero-shot prompt file; "" = Resources/prompts/zeroshot_prompt.json
+    prompt_pairs: int = 1000
+    prompt_pair_seed: int = 42
+    optim: OptimOptions = field(default_factory=lambda: OptimOptions(
+        epochs=100, batch_size=1024, lr=1e-5, head_lr=5e-4, weight_decay=1e-2, betas=(0.9, 0.98), warmup_ratio=0.1,
+        grad_clip=0.2, select_metric="val_recall@5", select_mode="max"))
+
+    def validate(self, source=None, where: str = "clip") -> "ClipOptions":
+        checks = [(0 < self.init_temperature < 1, "init_temperature must be in (0, 1)"),
+                  (self.max_logit_scale > 1, "max_logit_scale must be > 1"),
+                  (self.n_shuffles >= 0, "n_shuffles must be >= 0"), (self.text_max_length >= 8, "text_max_length must be >= 8"),
+                  (self.text_batch_size >= 1, "text_batch_size must be >= 1"), (self.prompt_pairs >= 1, "prompt_pairs must be >= 1"),
+                  (self.optim.batch_size >= 2, "optim.batch_size must be >= 2 (contrastive pairs need negatives)")]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(source, f"{where}: {message}")
+        return self
+
+
+@dataclass
 class DataOptions:
     manifest: str = ""
     cache: str = ""
@@ -78,6 +165,10 @@ class TrainConfig:
     finetune: FinetuneOptions = field(default_factory=FinetuneOptions)
     survival: SurvivalOptions = field(default_factory=SurvivalOptions)
     data_efficiency: DataEfficiencyOptions = field(default_factory=DataEfficiencyOptions)
+    evaluation: EvaluationOptions = field(default_factory=EvaluationOptions)
+    text: TextOptions = field(default_factory=TextOptions)
+    clip: ClipOptions = field(default_factory=ClipOptions)
+    report: ReportOptions = field(default_factory=ReportOptions)
     device: str = "auto"
     source: str = ""
 
@@ -85,6 +176,8 @@ class TrainConfig:
 _CHOICES = {
     "data.on_bad_row": ("fail", "skip"),
     "survival.endpoint": ("rfs", "dss", "os"),
+    "text.amp": ("bf16", "fp32"),
+    "clip.text_kind": ("llm2vec", "bert"),
 }
 
 
@@ -100,7 +193,7 @@ def _build(cls, raw, path: str, where: str):
     for name, value in raw.items():
         kwargs[name] = _coerce(hints[name], value, path, _join(where, name))
     obj = cls(**kwargs)
-    if cls is OptimOptions:
+    if hasattr(obj, "validate"):
         obj.validate(path, where)
     return obj
 
@@ -148,7 +241,7 @@ def load_config(path, overrides: dict | None = None) -> TrainConfig:
     if not os.path.isfile(path):
         raise MissingFileError(path, "config file not found")
     try:
-        with open(path) as fh:
+        with open(path, encoding="utf-8") as fh:
             raw = yaml.safe_load(fh) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(path, f"not valid YAML ({str(exc).splitlines()[0]})") from None

@@ -3,7 +3,7 @@
 The Slicer modules and the library read the same files (one place for each prompt and config).
 ``RENALCLIP_RESOURCES`` overrides the folder, e.g. for a relocated installation.
 
-Usage: ``json.loads(resource_path("prompts", "zeroshot_prompt.json").read_text())``
+Usage: ``json.loads(resource_path("prompts", "zeroshot_prompt.json").read_text(encoding="utf-8"))``
 """
 from __future__ import annotations
 

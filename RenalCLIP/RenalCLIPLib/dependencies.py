@@ -168,6 +168,6 @@ class DependencyInstaller:
         if not text:
             return None
         fd, path = tempfile.mkstemp(prefix="renalclip-constraints-", suffix=".txt")
-        with os.fdopen(fd, "w") as fh:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
         return path

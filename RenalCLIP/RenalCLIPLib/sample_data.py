@@ -58,7 +58,7 @@ def write_sample_case(folder=None, seed: int = SAMPLE_SEED, matrix: int = SAMPLE
     folder = Path(folder or default_cache_folder()) / f"sample_{seed}_{matrix}"
     stamp = folder / STAMP
     if stamp.is_file():
-        info = json.loads(stamp.read_text())
+        info = json.loads(stamp.read_text(encoding="utf-8"))
         if all(Path(p).is_file() for p in list(info["images"].values()) + list(info["labels"].values())):
             return info
     pc = generate_patient(seed, SAMPLE_COHORT, matrix=matrix, patient_id="renalclip_sample")

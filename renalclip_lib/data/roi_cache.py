@@ -96,8 +96,8 @@ def build_cache(cases: Iterable[CaseImages], out_dir, kind: str = "lesion",
     out.mkdir(parents=True, exist_ok=True)
     fp = _fingerprint(cases, kind)
     done = out / f"done_{kind}.json"
-    if done.exists() and json.loads(done.read_text()).get("fingerprint") == fp:
-        return out, json.loads(done.read_text()).get("skipped", [])
+    if done.exists() and json.loads(done.read_text(encoding="utf-8")).get("fingerprint") == fp:
+        return out, json.loads(done.read_text(encoding="utf-8")).get("skipped", [])
 
     planned = [(case, phase, path) for case in cases for phase, path in sorted(case.phases.items())]
     n_max = sum(len(_units(case, kind)) for case, _, _ in planned)
@@ -149,7 +149,7 @@ def open_cache(cache_dir, kind: str) -> tuple[np.ndarray, list[dict]]:
     if not (d / f"done_{kind}.json").exists():
         raise ManifestError(str(d), f"no finished '{kind}' ROI cache here (run `renalclip preprocess`)")
     rois = np.load(d / f"rois_{kind}.npy", mmap_mode="r")
-    with open(d / f"index_{kind}.csv", newline="") as fh:
+    with open(d / f"index_{kind}.csv", newline="", encoding="utf-8") as fh:
         index = list(csv.DictReader(fh))
     if len(index) != len(rois):
         raise ManifestError(str(d), f"cache index has {len(index)} rows but {len(rois)} ROIs: rebuild it")
@@ -167,7 +167,7 @@ def _truncate_npy(path: str, n: int) -> None:
 
 def _write_csv(path: Path, columns: list[str], rows: list[dict]) -> None:
     with atomic_path(path) as tmp:
-        with open(tmp, "w", newline="") as fh:
+        with open(tmp, "w", newline="", encoding="utf-8") as fh:
             w = csv.DictWriter(fh, fieldnames=columns)
             w.writeheader()
             w.writerows(rows)

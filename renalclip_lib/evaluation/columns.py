@@ -33,7 +33,8 @@ MALIGNANT_TASK = "malignancy"
 BINARY_METRICS = ("roc_auc", "pr_auc", "sensitivity", "specificity", "f1", "threshold")
 RETRIEVAL_KS = (1, 3, 5)
 RETRIEVAL_METRICS = tuple(f"{d}_recall@{k}" for d in ("t2i", "i2t") for k in RETRIEVAL_KS)
-REPORT_METRICS = ("bleu1", "bleu2", "bleu4", "meteor", "rouge_l")
+REPORT_METRICS = ("bleu1", "bleu2", "bleu4", "meteor", "rouge_l",
+                  "side_agreement", "side_size_agreement", "consistency")   # the last three: extraction/consistency.py
 DEFAULT_TIMES_MONTHS = tuple(12 * y for y in range(1, 11))          # yearly, 1..10 years
 
 # Metrics where smaller is better (for bold "best" cells); p-values and thresholds have no best.
@@ -44,6 +45,8 @@ METRIC_LABELS = {
     "roc_auc": "ROC AUC", "pr_auc": "PR AUC", "sensitivity": "Sensitivity", "specificity": "Specificity",
     "f1": "F1", "threshold": "Youden threshold", "c_index": "C-index", "bleu1": "BLEU-1", "bleu2": "BLEU-2",
     "bleu4": "BLEU-4", "meteor": "METEOR", "rouge_l": "ROUGE-L",
+    "side_agreement": "Side agreement", "side_size_agreement": "Side + size agreement",
+    "consistency": "Questionnaire consistency",
 }
 
 TASK_LABELS = {

@@ -265,6 +265,8 @@ def evaluate(models: list[ModelPredictions], spec: CohortSpec | None = None, set
             scores = {k2: np.full(len(frame), np.nan) for k2 in C.REPORT_METRICS}
             part = report_scores(frame.loc[ok, C.REPORT_TRUE].tolist(), frame.loc[ok, C.REPORT_PRED].tolist(),
                                  settings.wordnet)
+            from ..extraction.consistency import consistency_scores
+            part.update(consistency_scores(frame.loc[ok, C.REPORT_TRUE].tolist(), frame.loc[ok, C.REPORT_PRED].tolist()))
             for k2, v in part.items():
                 scores[k2][ok.to_numpy()] = v
             if settings.wordnet is None:

@@ -3,7 +3,7 @@
 Self-contained (no scripts, no network); figures are linked relative to the output folder, so the
 folder can be moved or zipped as a whole.
 
-Usage: ``(out / "index.html").write_text(render_index(results, tables, figures, out))``
+Usage: ``(out / "index.html").write_text(render_index(results, tables, figures, out), encoding="utf-8")``
 """
 from __future__ import annotations
 

@@ -315,11 +315,11 @@ def analyze_case(phases: Mapping, bundle: Bundle, center_lps=None, center_ras=No
         else:
             warnings.append("the bundle has no survival model: risk is null")
         if bundle.clip_encoder is not None and bundle.prompt_embeddings is not None:
-            from ..zeroshot import zeroshot_probabilities
+            from ..evaluation.zeroshot import zeroshot_probabilities
 
             emb = bundle.clip_encoder.embed(x).float().mean(0, keepdim=True)
             emb = torch.nn.functional.normalize(emb, dim=-1).cpu().numpy()
-            probs = zeroshot_probabilities(emb, bundle.prompt_embeddings, logit_scale=bundle.logit_scale)
+            probs = zeroshot_probabilities(emb, bundle.prompt_embeddings, logit_scale=bundle.logit_scale or 100.0)
             zeroshot = {t: {"probability": round(float(p[0]), 6)} for t, p in probs.items()}
     report_out = None
     if report:
@@ -364,12 +364,10 @@ def _generate_report(bundle: Bundle, x, greedy: bool, warnings: list) -> dict | 
         return None
     from ..models.report_generator import split_report
 
-    encoder = gen.image_encoder if getattr(gen, "image_encoder", None) is not None else (
-        bundle.clip_encoder if bundle.clip_encoder is not None else bundle.tasks_model.encoder)
     import torch
 
     with torch.no_grad():
-        feats = encoder.features(x[:1])
+        feats = bundle.report_encoder.features(x[:1])
     text = gen.generate_from_features(feats, greedy=greedy)[0]
     findings, impression = split_report(text)
     return {"text": text, "findings": findings, "impression": impression}

@@ -8,7 +8,7 @@ Layout::
                            ``load_checkpoint`` reads, the authors' downstream files included)
     BUNDLE/survival.pt     encoder + Cox head; bundle.json holds the risk-group cut-off
                            (median risk of the training cohort)
-    BUNDLE/clip.pt         contrastive encoder (joint-space projection, logit scale)
+    BUNDLE/clip.pt         contrastive encoder (joint-space projection, log of the logit scale)
     BUNDLE/zeroshot.npz    prompt embeddings of the zero-shot tasks (from the text encoder)
     BUNDLE/report/         report generator (projector + LLM/adapters + tokenizer)
 
@@ -25,6 +25,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import math
 import os
 import platform
 import shutil
@@ -123,6 +124,17 @@ def _pick_init(run_dir: Path, init: str | None) -> str:
                                                  "run `renalclip train finetune` first")
 
 
+def _report_encoder(run: Path) -> Path | None:
+    """The encoder whose features the run's report generator was trained on (from features.npz)."""
+    feats = run / "report" / "features.npz"
+    if not feats.exists():
+        return None
+    with np.load(feats, allow_pickle=False) as z:
+        init = json.loads(str(z["stamp"])).get("init", "")
+    path = run / init / "best.pt" if init in ("attributes", "clip") else Path(init)
+    return path if path.exists() else None
+
+
 def _embed_dim(encoder) -> int | None:
     head = encoder.global_embedding
     return None if head is None else int(next(p for n, p in head.named_parameters() if n.endswith("weight")).shape[0])
@@ -136,13 +148,13 @@ def _copy(src: Path, dst: Path) -> None:
 
 
 def build_bundle(out, run_dir=None, init: str | None = None, encoder=None, heads=None, survival=None,
-                 clip=None, zeroshot=None, report=None, synthetic: bool | None = None,
+                 clip=None, zeroshot=None, report=None, report_encoder=None, synthetic: bool | None = None,
                  internal_cohorts=None) -> Path:
     """Assemble a bundle folder atomically (built beside ``out``, then renamed into place).
 
     From a run folder, components are found at their stage paths (``finetune/<init>/best.pt``,
-    ``survival/<init>/best.pt`` + ``risk_threshold.json``, ``clip/best.pt``, ``clip/zeroshot.npz``,
-    ``report/generator``); explicit paths override them. ``encoder`` (e.g. the authors' contrastive
+    ``survival/<init>/best.pt`` + ``risk_threshold.json``, ``clip/best.pt``, ``clip/prompt_embeddings.npz``,
+    ``report/model`` and the encoder its features came from); explicit paths override them. ``encoder`` (e.g. the authors' contrastive
     file) + ``heads`` (a checkpoint whose classifier heads fit that encoder) makes a tasks model
     from the published encoder and our heads.
     """
@@ -162,10 +174,11 @@ def build_bundle(out, run_dir=None, init: str | None = None, encoder=None, heads
             survival = sv / "best.pt"
         if clip is None and (run / "clip" / "best.pt").exists():
             clip = run / "clip" / "best.pt"
-        if zeroshot is None and (run / "clip" / "zeroshot.npz").exists():
-            zeroshot = run / "clip" / "zeroshot.npz"
-        if report is None and (run / "report" / "generator").is_dir():
-            report = run / "report" / "generator"
+        if zeroshot is None and (run / "clip" / "prompt_embeddings.npz").exists():
+            zeroshot = run / "clip" / "prompt_embeddings.npz"
+        if report is None and (run / "report" / "model").is_dir():
+            report = run / "report" / "model"
+            report_encoder = report_encoder or _report_encoder(run)
         if (ft / "predictions.csv").exists():
             info["thresholds"] = thresholds_from_predictions(ft / "predictions.csv", internal_cohorts)
         meta_path = run / "run.json"
@@ -173,7 +186,9 @@ def build_bundle(out, run_dir=None, init: str | None = None, encoder=None, heads
             synthetic = bool(json.loads(meta_path.read_text(encoding="utf-8")).get("synthetic", False))
     elif heads and not encoder:
         files["tasks.pt"] = Path(heads)
-    for p in [files.get("tasks.pt"), survival, clip, zeroshot, report, encoder, heads]:
+    if report is not None and report_encoder is None:
+        raise RenalCLIPError(report, "a report generator needs the image encoder it was trained on (--report-encoder)")
+    for p in [files.get("tasks.pt"), survival, clip, zeroshot, report, report_encoder, encoder, heads]:
         if p is not None and not Path(p).exists():
             raise MissingFileError(p, "not found (bundle component)")
 
@@ -212,14 +227,16 @@ def build_bundle(out, run_dir=None, init: str | None = None, encoder=None, heads
         if clip is not None:
             _copy(Path(clip), tmp / "clip.pt")
             ck = load_checkpoint(tmp / "clip.pt")
-            info["components"]["clip"] = {"file": "clip.pt", "logit_scale": ck.logit_scale,
+            info["components"]["clip"] = {"file": "clip.pt", "log_logit_scale": ck.logit_scale,
                                           "embed_dim": _embed_dim(ck.encoder)}
         if zeroshot is not None:
             _copy(Path(zeroshot), tmp / "zeroshot.npz")
             info["components"]["zeroshot"] = {"file": "zeroshot.npz"}
         if report is not None:
             _copy(Path(report), tmp / "report")
-            info["components"]["report"] = {"folder": "report"}
+            save_image_model(tmp / "report_encoder.pt", load_checkpoint(report_encoder).encoder,
+                             meta={"source": Path(report_encoder).name})
+            info["components"]["report"] = {"folder": "report", "encoder": "report_encoder.pt"}
         if not info["components"]:
             raise InvalidBundleError(out, "nothing to bundle: no tasks, survival, clip or report model given")
         for task in BINARY_TASKS:
@@ -256,6 +273,7 @@ class Bundle:
     logit_scale: float | None = None
     prompt_embeddings: dict | None = None
     report_generator: object = None
+    report_encoder: object = None
     load_seconds: float = 0.0
     warnings: list = field(default_factory=list)
 
@@ -275,11 +293,14 @@ class Bundle:
                 if "/" not in name or name.startswith("report/") and name.count("/") == 1}
 
     def load_report_generator(self):
-        """The report generator, loaded on first use (it is the slowest component)."""
-        if self.report_generator is None and "report" in self.manifest.get("components", {}):
+        """The report generator and its image encoder, loaded on first use (the slowest component)."""
+        comp = self.manifest.get("components", {}).get("report")
+        if self.report_generator is None and comp:
+            from ..models.checkpoints import load_image_encoder
             from ..models.report_generator import ReportGenerator
 
-            self.report_generator = ReportGenerator.load(self.path / "report", device=self.device)
+            self.report_encoder = load_image_encoder(self.path / comp["encoder"]).to(self.device).eval()
+            self.report_generator = ReportGenerator.load(self.path / comp["folder"], device=self.device)
         return self.report_generator
 
 
@@ -339,9 +360,10 @@ def load_bundle(path, device: str = "cpu", verify: bool = True, report: bool = F
     if "clip" in comps:
         ck = load_checkpoint(path / comps["clip"]["file"])
         b.clip_encoder = ck.encoder.to(dev).eval()
-        b.logit_scale = ck.logit_scale if ck.logit_scale is not None else comps["clip"].get("logit_scale")
+        log_scale = ck.logit_scale if ck.logit_scale is not None else comps["clip"].get("log_logit_scale")
+        b.logit_scale = None if log_scale is None else float(math.exp(log_scale))
     if "zeroshot" in comps:
-        from ..zeroshot import load_prompt_embeddings
+        from ..evaluation.zeroshot import load_prompt_embeddings
 
         b.prompt_embeddings = load_prompt_embeddings(path / comps["zeroshot"]["file"])
     if report:

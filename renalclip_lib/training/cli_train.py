@@ -15,6 +15,8 @@ import sys
 import yaml
 
 IMAGE_STAGES = ("attributes", "finetune", "survival", "data-efficiency", "phase-fusion", "compare")
+TEXT_STAGES = ("text", "text-features", "clip")
+REPORT_STAGES = ("report",)
 
 
 def _overrides(pairs) -> dict:
@@ -59,10 +61,45 @@ def cmd_train(args) -> int:
 
     cfg = load_config(args.config, _overrides(args.set))
     log = _log(args.quiet)
+    if args.stage == "all":
+        from ..progress import ProgressReporter
+        from .pipeline import run_pipeline
+
+        rep = ProgressReporter(json_lines=args.progress_json, quiet=args.quiet)
+        stages = [s.strip() for s in args.stages.split(",") if s.strip()] if args.stages else None
+        summary = run_pipeline(cfg, args.out, stages, nproc=args.gpus, nnodes=args.nnodes,
+                               rdzv_endpoint=args.rdzv_endpoint, overrides=list(args.set or []), reporter=rep,
+                               node_rank=args.node_rank)
+        width = max(len(s) for s in summary) if summary else 0
+        for stage, info in summary.items():
+            print(f"{stage:<{width}}  {info['status']:<13} {info['seconds']:8.1f} s", file=sys.stderr)
+        if args.progress_json:
+            rep.result(stages=summary)
+        else:
+            print(json.dumps(summary))
+        return 0
     if args.stage in ("attributes", "finetune", "survival"):
         result = run_stage(args.stage, cfg, args.out, log, init=args.init)
     elif args.stage == "data-efficiency":
         result = {"table": str(run_data_efficiency(cfg, args.out, log))}
+    elif args.stage == "text":
+        from .text_stage import run_text
+
+        result = run_text(cfg, args.out, log)
+    elif args.stage == "text-features":
+        from .clip_stage import run_text_features
+
+        result = run_text_features(cfg, args.out, log)
+    elif args.stage == "clip":
+        from .clip_stage import run_clip
+
+        if args.init:
+            cfg.clip.init = args.init
+        result = run_clip(cfg, args.out, log)
+    elif args.stage == "report":
+        from .report_stage import run_report
+
+        result = run_report(cfg, args.out, log, init=args.init)
     elif args.stage == "phase-fusion":
         from .compare import run_phase_fusion
 
@@ -86,10 +123,19 @@ def add_parsers(sub) -> None:
     p.set_defaults(func=cmd_preprocess)
 
     t = sub.add_parser("train", help="run an image training stage from a YAML config")
-    t.add_argument("stage", choices=IMAGE_STAGES)
+    t.add_argument("stage", choices=("all",) + IMAGE_STAGES + TEXT_STAGES + REPORT_STAGES,
+                   help="a stage, or 'all': the whole pipeline in order (renalclip_lib.training.pipeline)")
     t.add_argument("--config", required=True)
     t.add_argument("--out", required=True, help="run folder (stages resume inside it)")
     t.add_argument("--init", help="encoder to start from: random, attributes, clip or a checkpoint path")
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value, e.g. finetune.optim.epochs=2")
+    t.add_argument("--stages", help="with 'all': comma-separated subset, e.g. cache,attributes,finetune")
+    t.add_argument("--gpus", type=int, default=1, help="with 'all': processes per node for the distributed "
+                                                       "stages (GPUs; on CPU, Gloo processes), via torchrun")
+    t.add_argument("--nnodes", type=int, default=1, help="with 'all': nodes (torchrun rendezvous)")
+    t.add_argument("--rdzv-endpoint", help="with 'all' and --nnodes > 1: HOST:PORT of the rendezvous")
+    t.add_argument("--node-rank", type=int, help="with 'all' and --nnodes > 1: this node's rank (default $NODE_RANK or 0); "
+                                                 "node 0 runs every stage, the others join the distributed ones")
+    t.add_argument("--progress-json", action="store_true", help="JSON lines on stdout (RenalCLIPTraining panel)")
     t.add_argument("--quiet", action="store_true")
     t.set_defaults(func=cmd_train)

@@ -55,7 +55,12 @@ class DistContext:
         from torch.nn.parallel import DistributedDataParallel
 
         if any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
-            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            if self.device.type == "cuda":
+                model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            else:   # torch's SyncBatchNorm refuses CPU tensors
+                from .sync_ops import convert_cpu_sync_batchnorm
+
+                model = convert_cpu_sync_batchnorm(model)
         ids = [self.local_rank] if self.device.type == "cuda" else None
         return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=True)
 

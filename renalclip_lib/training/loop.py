@@ -133,7 +133,7 @@ def fit(task: StageTask, train_loader, val_loader, out_dir, cfg: OptimOptions,
             if hasattr(bar, "set_postfix"):
                 bar.set_postfix(loss=f"{loss_sum / max(1, n_seen):.4f}")
         train_loss = ctx.all_reduce_mean(loss_sum / max(1, n_seen))
-        record = {"epoch": epoch, "train_loss": train_loss, "lr": scheduler.get_last_lr()[0],
+        record = {"epoch": epoch, "epochs": cfg.epochs, "train_loss": train_loss, "lr": scheduler.get_last_lr()[0],
                   "seconds": round(time.time() - t0, 2), "samples_per_s": round(n_seen * ctx.world_size / max(1e-9, time.time() - t0), 2)}
         if ctx.is_main:
             if val_loader is not None:

@@ -1,0 +1,172 @@
+"""Contrastive alignment: the loss, the logit scale, checkpoints, the distributed path and the stage."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from renalclip_lib.models import ImageEncoder, load_checkpoint, load_image_encoder  # noqa: E402
+from renalclip_lib.models.clip_model import ClipModel, clip_loss, save_clip_model  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _numpy_infonce(u, v, scale):
+    s = scale * u @ v.T
+    def ce(m):
+        m = m - m.max(axis=1, keepdims=True)
+        return -np.mean(np.diag(m) - np.log(np.exp(m).sum(axis=1)))
+    return 0.5 * (ce(s) + ce(s.T))
+
+
+def test_symmetric_infonce_matches_a_direct_computation():
+    rng = np.random.default_rng(0)
+    u, v = rng.normal(size=(6, 5)), rng.normal(size=(6, 5))
+    u /= np.linalg.norm(u, axis=1, keepdims=True)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    got = clip_loss(torch.tensor(u), torch.tensor(v), torch.tensor(14.0), gather=False)
+    assert float(got) == pytest.approx(_numpy_infonce(u, v, 14.0), rel=1e-6)
+    # Perfectly aligned, well separated pairs at a high scale give a loss near zero.
+    e = torch.eye(6)
+    assert float(clip_loss(e, e, torch.tensor(100.0), gather=False)) < 1e-6
+
+
+def test_logit_scale_initialised_and_clamped_as_released():
+    model = ClipModel(ImageEncoder(embed_dim=8, width=4))
+    assert float(model.logit_scale) == pytest.approx(np.log(1 / 0.07))
+    with torch.no_grad():
+        model.logit_scale.fill_(10.0)
+    _, scale = model(torch.zeros(2, 1, 32, 32, 32))
+    assert float(scale) == pytest.approx(100.0, rel=1e-5)
+    with torch.no_grad():
+        model.logit_scale.fill_(-3.0)
+    assert float(model(torch.zeros(2, 1, 32, 32, 32))[1]) == pytest.approx(1.0)
+
+
+def test_clip_checkpoint_loads_as_an_image_encoder(tmp_path):
+    torch.manual_seed(0)
+    model = ClipModel(ImageEncoder(embed_dim=12, width=4)).eval()
+    save_clip_model(tmp_path / "best.pt", model, meta={"stage": "clip"})
+    ck = load_checkpoint(tmp_path / "best.pt")
+    assert ck.flavour == "renalclip" and ck.logit_scale == pytest.approx(np.log(1 / 0.07), rel=1e-6)
+    x = torch.randn(2, 1, 32, 64, 64)
+    enc = load_image_encoder(tmp_path / "best.pt")
+    with torch.no_grad():
+        e = enc.embed(x)
+        np.testing.assert_allclose(e.numpy(), model.image_encoder.embed(x).numpy(), atol=1e-6)
+    assert e.shape == (2, 12) and torch.allclose(e.norm(dim=1), torch.ones(2))
+
+
+WORKER = r'''
+import json, sys, torch, numpy as np
+torch.set_num_threads(1)
+from renalclip_lib.config import TrainConfig
+from renalclip_lib.data.datasets import Unit
+from renalclip_lib.models import ImageEncoder, load_checkpoint
+from renalclip_lib.training.clip_stage import train_clip
+from renalclip_lib.training.distributed import DistContext
+out, per_rank = sys.argv[1], int(sys.argv[2])
+rng = np.random.default_rng(0)
+n = 8
+rois = rng.integers(-200, 300, size=(n, 32, 140, 140)).astype(np.int16)
+units = [Unit(f"p{i}:left", {"A": {"row": str(i), "patient_id": f"p{i}", "side": "left"}}) for i in range(n)]
+text = rng.normal(size=(n, 1, 24)).astype(np.float32)
+cfg = TrainConfig()
+cfg.device = "cpu"
+o = cfg.clip.optim
+o.epochs, o.batch_size, o.amp, o.num_workers, o.progress, o.warmup_ratio = 1, per_rank, "fp32", 0, False, 0.0
+o.select_metric, o.select_mode = "train_loss", "min"
+torch.manual_seed(0)
+ctx = DistContext.from_env("cpu")
+res = train_clip(cfg, ImageEncoder(embed_dim=24, width=4), rois, units, text, [], np.zeros((0, 1, 24)), out,
+                 ctx=ctx, augment=False)
+if ctx.is_main:
+    ck = load_checkpoint(out + "/best.pt")
+    print("RESULT " + json.dumps({"loss": res["history"][0]["train_loss"],
+                                   "head": ck.encoder.global_embedding.head.weight.detach().double().flatten().tolist(),
+                                   "conv": ck.encoder.conv1.weight.detach().double().flatten().tolist()}))
+ctx.close()
+'''
+
+
+def _run(args, env):
+    out = subprocess.run(args, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    line = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")][-1]
+    return json.loads(line[len("RESULT "):])
+
+
+@pytest.mark.slow
+def test_two_processes_give_the_one_process_loss_and_update(tmp_path):
+    """torchrun with 2 CPU processes (Gloo) x 4 samples == 1 process x 8 samples: same loss, same step."""
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER, encoding="utf-8")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(k, None)
+    one = _run([sys.executable, str(script), str(tmp_path / "one"), "8"], env)
+    two = _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                str(script), str(tmp_path / "two"), "4"], env)
+    assert abs(one["loss"] - two["loss"]) < 1e-4
+    # After one AdamW step (global-batch BN statistics, gradients through the gather) the weights agree too.
+    np.testing.assert_allclose(two["head"], one["head"], atol=1e-5)
+    np.testing.assert_allclose(two["conv"], one["conv"], atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    from renalclip_lib.cli import main
+    from renalclip_lib.phantom import write_cohort
+
+    root = tmp_path_factory.mktemp("clip")
+    manifest = write_cohort(root / "cohort", n_patients=20, seed=5, matrix=64,
+                            cohorts={"pretrain": 0.5, "internal": 0.3, "external_noisy": 0.2})
+    assert main(["preprocess", "--manifest", str(manifest), "--out", str(root / "cache"), "--quiet"]) == 0
+    return root
+
+
+@pytest.mark.slow
+def test_clip_stage_writes_what_evaluate_and_analyze_read(cohort):
+    from renalclip_lib.cli import main
+    from renalclip_lib.evaluation.predictions import read_embeddings, read_predictions
+    from renalclip_lib.evaluation.zeroshot import load_prompt_embeddings, zeroshot_probabilities
+
+    run = cohort / "run"
+    args = ["train", "clip", "--config", "Resources/configs/demo.yaml", "--out", str(run), "--quiet",
+            "--set", f"data.cache={cohort / 'cache'}", "--set", f"data.manifest={cohort / 'cohort' / 'manifest.csv'}",
+            "--set", "clip.init=random", "--set", "model.width=4", "--set", "clip.optim.epochs=2",
+            "--set", "clip.optim.num_workers=0", "--set", "clip.prompt_pairs=20"]
+    assert main(args) == 0
+    out = run / "clip"
+    history = [json.loads(line) for line in (out / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert len(history) == 2 and all(np.isfinite(h["train_loss"]) and "val_recall@5" in h for h in history)
+    emb = read_embeddings(out / "embeddings.npz")
+    assert emb["image"].shape[1] == emb["text"].shape[1] == 384
+    assert set(emb["cohort"]) <= {"internal", "external_noisy"}
+    preds = read_predictions(out / "predictions.csv", "clip")
+    assert {"zeroshot_malignancy", "zeroshot_aggressiveness"} <= set(preds.tasks)
+    # The stored prompt embeddings and the checkpoint reproduce the predictions without any text model.
+    ck = load_checkpoint(out / "best.pt")
+    prompts = load_prompt_embeddings(out / "prompt_embeddings.npz")
+    assert prompts["malignancy"][0].shape == (100, 384)
+    from renalclip_lib.data.roi_cache import open_cache
+    from renalclip_lib.preprocess.roi import to_model_input
+
+    rois, index = open_cache(cohort / "cache", "lesion")
+    first = preds.frame["patient_id"].iloc[0]
+    rows = [r for r in index if r["patient_id"] == first]
+    row = next(r for p in ("A", "V", "N", "D") for r in rows if r["phase"] == p)
+    with torch.no_grad():
+        e = ck.encoder.embed(torch.from_numpy(to_model_input(np.asarray(rois[int(row["row"])], np.float32)))[None]).numpy()
+    p = zeroshot_probabilities(e, prompts, "max", logit_scale=float(np.exp(ck.logit_scale)))["malignancy"][0]
+    assert p == pytest.approx(preds.frame["zeroshot_malignancy_prob"].iloc[0], abs=1e-4)
+    zs = json.loads((out / "zeroshot.json").read_text(encoding="utf-8"))
+    assert "malignancy" in zs["tasks"]
+    mtime = (out / "best.pt").stat().st_mtime_ns
+    assert main(args) == 0
+    assert (out / "best.pt").stat().st_mtime_ns == mtime

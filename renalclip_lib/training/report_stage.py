@@ -1,0 +1,375 @@
+"""Stage "report": the LLaVA-style report generator, stage A (projector) then stage B (+ LoRA).
+
+Data: each patient's lesion-centred ROIs (the ROI cache) paired with the report of the kidney that
+holds the lesion (manifest ``findings_<side>`` / ``impression_<side>``), written as
+``Findings: ...\\nImpression: ...``. The image encoder is frozen, so its features are computed once
+for every cached ROI (``features.npz``); training draws one of the patient's phases per epoch,
+prediction uses the arterial phase, else venous.
+
+Steps, each resumable and skipped once finished (all under ``RUN/report/``):
+
+1. ``llm/``: when ``report.llm`` is empty, a tiny Mistral (``report.tiny``) is trained as a
+   language model on the training cohorts' report text, the stand-in for BioMistral-7B;
+2. ``stage_a/``: projector only, LLM frozen, on ``report.align_cohorts`` (the paper's pre-training
+   set); best epoch by validation loss on the training cohorts' ``val`` split;
+3. ``stage_b/``: projector (``stage_b.head_lr``) + LoRA adapters (``stage_b.lr``) on the training
+   cohorts' ``train`` split, from stage A's best projector;
+4. ``model/`` (``ReportGenerator.save``) and ``predictions.csv``: a generated report for every
+   ``val``/``test`` patient of the other cohorts that has a reference report (``report_true``,
+   ``report_pred``: the input of ``renalclip evaluate``).
+
+Usage::
+
+    run_report(cfg, "run")          # or: renalclip train report --config demo.yaml --out run
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ..atomic import atomic_path, atomic_torch_save, atomic_write_json
+from ..config import TrainConfig
+from ..constants import SIDES
+from ..data.datasets import Unit, group_units
+from ..data.roi_cache import open_cache
+from ..errors import ConfigError, ManifestError
+from ..extraction.report_text import format_report
+from .distributed import DistContext
+from .loop import fit, is_finished
+from .options import OptimOptions
+
+EVAL_SPLITS = ("val", "test")
+
+
+# ----- data ------------------------------------------------------------------------------------
+def lesion_reports(manifest_path) -> dict[str, str]:
+    """patient_id -> report text of the kidney holding the lesion (patients without one are left out)."""
+    from ..data.manifest import read_manifest
+
+    table = read_manifest(manifest_path, check_files=False)
+    out = {}
+    for pid, rows in table.by_patient().items():
+        side = next((r["lesion_side"] for r in rows if r["lesion_side"]), None)
+        if side is None:
+            continue
+        findings, impression = rows[0].report(side)
+        if findings.strip() or impression.strip():
+            out[pid] = format_report(findings, impression)
+    return out
+
+
+def kidney_reports(manifest_path, keep) -> list[str]:
+    """Every kidney's report text (lesion or not) of the patients for which ``keep(row)`` holds."""
+    from ..data.manifest import read_manifest
+
+    table = read_manifest(manifest_path, check_files=False)
+    texts = []
+    for rows in table.by_patient().values():
+        if not keep(rows[0]):
+            continue
+        for s in SIDES:
+            f, i = rows[0].report(s)
+            if f.strip() or i.strip():
+                texts.append(format_report(f, i))
+    return texts
+
+
+def encoder_features(cfg: TrainConfig, run_dir, out_file: Path, log=None) -> np.ndarray:
+    """Frozen-encoder features of every lesion ROI in the cache, (n_rois, F); computed once."""
+    from ..preprocess.roi import to_model_input
+    from .common import encoder_from_init
+
+    cache = Path(cfg.data.cache)
+    done = json.loads((cache / "done_lesion.json").read_text(encoding="utf-8")) if (cache / "done_lesion.json").exists() else {}
+    init = cfg.report.init
+    init_file = Path(run_dir) / init / "best.pt" if init in ("attributes", "clip") else Path(init)
+    stamp = {"cache": done.get("fingerprint"), "init": init,
+             "init_mtime": os.path.getmtime(init_file) if init_file.exists() else None, "width": cfg.model.width}
+    if out_file.exists():
+        with np.load(out_file, allow_pickle=False) as z:
+            if json.loads(str(z["stamp"])) == stamp:
+                return z["features"]
+    rois, _ = open_cache(cache, "lesion")
+    enc = encoder_from_init(init, run_dir, cfg.model.width, cfg.model.embed_dim).eval()
+    feats = []
+    with torch.no_grad():
+        for start in range(0, len(rois), 8):
+            x = np.stack([to_model_input(np.asarray(r, np.float32)) for r in rois[start:start + 8]])
+            feats.append(enc.features(torch.from_numpy(x)).float().numpy())
+            if log and start % 64 == 0:
+                log(f"features {start + len(x)}/{len(rois)}")
+    arr = np.concatenate(feats) if feats else np.zeros((0, enc.feature_dim), np.float32)
+    with atomic_path(out_file, ".npz") as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, features=arr, stamp=np.array(json.dumps(stamp)))
+    return arr
+
+
+class FeatureReportDataset(Dataset):
+    """``{"features": (F,), "report": str, "index": i}`` per unit; a random phase per item when ``train``."""
+
+    def __init__(self, features: np.ndarray, units: list[Unit], reports: list[str], train: bool):
+        self.features, self.units, self.reports, self.train = features, units, reports, train
+
+    def __len__(self) -> int:
+        return len(self.units)
+
+    def row(self, i: int) -> int:
+        unit = self.units[i]
+        phase = list(unit.rows)[np.random.randint(len(unit.rows))] if self.train else unit.eval_phase()
+        return int(unit.rows[phase]["row"])
+
+    def __getitem__(self, i: int) -> dict:
+        return {"features": torch.from_numpy(np.asarray(self.features[self.row(i)], np.float32)),
+                "report": self.reports[i], "index": i}
+
+
+def _units_with_reports(index, reports: dict, keep) -> tuple[list[Unit], list[str]]:
+    units = [u for u in group_units(index, keep) if u.unit in reports]
+    return units, [reports[u.unit] for u in units]
+
+
+# ----- tasks for the shared loop ---------------------------------------------------------------
+class ReportTask:
+    """Stage A (``lora=False``: projector only) or B (projector at ``head_lr``, adapters at ``lr``)."""
+
+    def __init__(self, model, lora: bool):
+        self.model, self.lora = model, lora
+
+    def param_groups(self, model, cfg: OptimOptions):
+        proj = list(model.projector.parameters())
+        groups = [{"params": proj, "lr": (cfg.head_lr or cfg.lr) if self.lora else cfg.lr}]
+        if self.lora:
+            groups.append({"params": [p for n, p in model.llm.named_parameters() if "lora_" in n and p.requires_grad],
+                           "lr": cfg.lr})
+        return groups
+
+    def loss(self, model, batch, device):
+        return model(batch["features"].to(device), list(batch["report"])), {}
+
+    @torch.no_grad()
+    def evaluate(self, model, loader, device) -> dict:
+        model.eval()
+        total = n = 0.0
+        for batch in loader:
+            b = len(batch["report"])
+            total += float(model(batch["features"].to(device), list(batch["report"]))) * b
+            n += b
+        model.train()
+        return {"val_loss": total / max(n, 1)}
+
+    def save_best(self, path, model, metrics):
+        atomic_torch_save({"state": model.state_dict(), "metrics": metrics}, path)
+
+
+class LanguageModelTask:
+    """Causal-LM pre-training of the tiny LLM on report text (instruction template + report)."""
+
+    def __init__(self, model, tokenizer, prompt_text: str, max_tokens: int):
+        self.model, self.tok, self.prompt, self.max_tokens = model, tokenizer, prompt_text, max_tokens
+
+    def param_groups(self, model, cfg):
+        return [{"params": list(model.parameters()), "lr": cfg.lr}]
+
+    def _batch(self, texts, device):
+        enc = self.tok([self.prompt + t + self.tok.eos_token for t in texts], return_tensors="pt", padding=True,
+                       truncation=True, max_length=self.max_tokens)
+        ids, mask = enc.input_ids.to(device), enc.attention_mask.to(device)
+        return ids, mask, ids.masked_fill(mask == 0, -100)
+
+    def loss(self, model, batch, device):
+        ids, mask, labels = self._batch(list(batch["text"]), device)
+        return model(input_ids=ids, attention_mask=mask, labels=labels).loss, {}
+
+    @torch.no_grad()
+    def evaluate(self, model, loader, device) -> dict:
+        model.eval()
+        total = n = 0.0
+        for batch in loader:
+            loss, _ = self.loss(model, batch, device)
+            total += float(loss) * len(batch["text"])
+            n += len(batch["text"])
+        model.train()
+        return {"val_loss": total / max(n, 1)}
+
+    def save_best(self, path, model, metrics):
+        atomic_torch_save({"state": model.state_dict(), "metrics": metrics}, path)
+
+
+class _Texts(Dataset):
+    def __init__(self, texts):
+        self.texts = list(texts)
+
+    def __len__(self):
+        return len(self.texts)
+
+    def __getitem__(self, i):
+        return {"index": i, "text": self.texts[i]}
+
+
+def simulated_reports(n: int, seed: int = 424242) -> list[str]:
+    """Report texts of ``n`` simulated patients (no voxels) from cohorts with reports, seeds apart
+    from any written cohort's, for the tiny LLM's language-model corpus."""
+    from ..phantom import simulate_case
+
+    names = ["pretrain", "internal"]
+    texts = []
+    for i in range(int(n)):
+        case = simulate_case(np.random.default_rng([seed, i]), names[i % 2])
+        for s in SIDES:
+            f, imp = case.reports[f"findings_{s}"], case.reports[f"impression_{s}"]
+            if f or imp:
+                texts.append(format_report(f, imp))
+    return texts
+
+
+def train_tiny_llm(cfg: TrainConfig, train_texts: list[str], val_texts: list[str], out_dir: Path, log=None,
+                   ctx: DistContext | None = None) -> Path:
+    """Train (or reuse) the tiny Mistral on report text; returns its Hugging Face model folder."""
+    from ..models.report_generator import PROMPT_PREFIX, PROMPT_SUFFIX, default_instruction
+    from ..models.tiny_mistral import build_mistral, tiny_mistral_config
+    from ..models.tokenizers import mistral_tokenizer
+
+    folder = out_dir / "model"
+    if is_finished(out_dir) and (folder / "config.json").exists():
+        return folder
+    t = cfg.report.tiny
+    opt = t.optim
+    llm = build_mistral(tiny_mistral_config(t.hidden_size, t.num_layers, t.num_heads, t.num_kv_heads,
+                                            t.intermediate_size), seed=opt.seed)
+    tok = mistral_tokenizer()
+    prompt = PROMPT_PREFIX + default_instruction() + PROMPT_SUFFIX + " "
+    task = LanguageModelTask(llm, tok, prompt, max_tokens=cfg.report.max_report_tokens + 96)
+    from .common import make_loader
+
+    fit(task, make_loader(_Texts(train_texts), opt.batch_size, True, 0, None, opt.seed),
+        make_loader(_Texts(val_texts or train_texts[:32]), opt.batch_size, False), out_dir, opt, ctx, log)
+    state = torch.load(out_dir / "best.pt", map_location="cpu", weights_only=True)["state"]
+    llm.load_state_dict(state)
+    tmp = out_dir / ".tmp-model"
+    import shutil
+
+    shutil.rmtree(tmp, ignore_errors=True)
+    llm.save_pretrained(str(tmp), safe_serialization=True)
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(tmp, folder)
+    return folder
+
+
+# ----- the stage -------------------------------------------------------------------------------
+def _generator(cfg: TrainConfig, llm_dir: Path, feature_dim: int, device):
+    from ..models.report_generator import DecodingOptions, ReportGenerator, load_llm
+    from ..models.tokenizers import mistral_tokenizer
+
+    rc = cfg.report
+    llm = load_llm(llm_dir, device)
+    tok_dir = llm_dir
+    if (tok_dir / "tokenizer.json").exists() or (tok_dir / "tokenizer.model").exists():
+        from ..models.report_generator import load_tokenizer
+
+        tok = load_tokenizer(tok_dir)
+    else:
+        tok = mistral_tokenizer()
+    d = rc.decoding
+    gen = ReportGenerator(llm, tok, feature_dim, rc.image_tokens, decoding=DecodingOptions(
+        d.num_beams, d.repetition_penalty, d.no_repeat_ngram_size, d.max_new_tokens),
+        max_report_tokens=rc.max_report_tokens, llm_source=llm_dir)
+    gen.freeze_llm()
+    return gen
+
+
+def run_report(cfg: TrainConfig, run_dir, log=None, init: str | None = None, ctx: DistContext | None = None) -> dict:
+    """Run the whole report stage into ``run_dir/report`` (see the module docstring)."""
+    from .common import make_loader
+
+    rc = cfg.report
+    if init:
+        rc.init = init
+    if not cfg.data.cache:
+        raise ConfigError(cfg.source, "'data.cache' is not set (the folder `renalclip preprocess` wrote)")
+    if not cfg.data.manifest:
+        raise ConfigError(cfg.source, "'data.manifest' is not set: the report stage reads the report text from it")
+    run_dir = Path(run_dir)
+    out = run_dir / "report"
+    if (out / "finished.json").exists() and (out / "model").exists():
+        return {"skipped": str(out)}
+    ctx = ctx or DistContext.from_env(cfg.device)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(rc.stage_a.seed)
+
+    reports = lesion_reports(cfg.data.manifest)
+    _, index = open_cache(cfg.data.cache, "lesion")
+    feats = encoder_features(cfg, run_dir, out / "features.npz", log)
+    tc, pre, align = set(cfg.data.train_cohorts), set(cfg.data.pretrain_cohorts), set(rc.align_cohorts)
+    a_units, a_reps = _units_with_reports(index, reports, lambda r: r["cohort"] in align and r["split"] not in EVAL_SPLITS)
+    b_units, b_reps = _units_with_reports(index, reports, lambda r: r["cohort"] in tc and r["split"] == "train")
+    v_units, v_reps = _units_with_reports(index, reports, lambda r: r["cohort"] in tc and r["split"] == "val")
+    e_units, e_reps = _units_with_reports(index, reports, lambda r: r["cohort"] not in pre and r["split"] in EVAL_SPLITS)
+    if not a_units and not b_units:
+        raise ManifestError(cfg.data.manifest, "no training patient with a lesion side and a report")
+
+    if rc.llm:
+        llm_dir = Path(rc.llm)
+    else:
+        keep = lambda r: (r.cohort in align | tc) and r.split not in EVAL_SPLITS  # noqa: E731
+        corpus = kidney_reports(cfg.data.manifest, keep) + simulated_reports(rc.tiny.extra_reports)
+        if rc.tiny.max_reports:
+            corpus = corpus[:rc.tiny.max_reports]
+        llm_dir = train_tiny_llm(cfg, corpus, v_reps, out / "llm", log, ctx)
+    gen = _generator(cfg, llm_dir, feats.shape[1], ctx.device)
+
+    def loaders(units, reps, opt):
+        train = make_loader(FeatureReportDataset(feats, units, reps, True), opt.batch_size, True, 0, None, opt.seed)
+        val = make_loader(FeatureReportDataset(feats, v_units or units, v_reps or reps, False), opt.batch_size, False)
+        return train, val
+
+    results = {}
+    if rc.stage_a.epochs and a_units:
+        results["stage_a"] = fit(ReportTask(gen, lora=False), *loaders(a_units, a_reps, rc.stage_a), out / "stage_a",
+                                 rc.stage_a, ctx, log)
+        gen.load_state_dict(torch.load(out / "stage_a" / "best.pt", map_location="cpu", weights_only=True)["state"])
+    gen.add_lora(rc.lora.r, rc.lora.alpha, rc.lora.dropout, rc.lora.targets)
+    if rc.stage_b.epochs and b_units:
+        results["stage_b"] = fit(ReportTask(gen, lora=True), *loaders(b_units, b_reps, rc.stage_b), out / "stage_b",
+                                 rc.stage_b, ctx, log)
+        gen.load_state_dict(torch.load(out / "stage_b" / "best.pt", map_location="cpu", weights_only=True)["state"])
+    if not ctx.is_main:
+        return results
+    gen.save(out / "model")
+    pred_path = write_predictions(gen, feats, e_units, e_reps, out / "predictions.csv", rc.decoding.greedy, log)
+    summary = {"model": str(out / "model"), "predictions": str(pred_path), "llm": str(llm_dir),
+               "n_align": len(a_units), "n_train": len(b_units), "n_val": len(v_units), "n_predicted": len(e_units),
+               **{f"{k}_best_val_loss": v["best"] for k, v in results.items()}}
+    atomic_write_json(out / "finished.json", summary)
+    return summary
+
+
+def write_predictions(gen, feats: np.ndarray, units: list[Unit], reports: list[str], path: Path, greedy: bool,
+                      log=None, batch_size: int = 8) -> Path:
+    """``patient_id, cohort, split, report_true, report_pred`` per unit, atomically."""
+    rows = []
+    for start in range(0, len(units), batch_size):
+        chunk = units[start:start + batch_size]
+        x = torch.from_numpy(np.stack([feats[int(u.rows[u.eval_phase()]["row"])] for u in chunk]).astype(np.float32))
+        texts = gen.generate_from_features(x, greedy=greedy)
+        for u, ref, hyp in zip(chunk, reports[start:start + batch_size], texts):
+            rows.append({"patient_id": u.unit, "cohort": u.first["cohort"], "split": u.first["split"],
+                         "report_true": ref, "report_pred": hyp})
+        if log:
+            log(f"generated {min(start + batch_size, len(units))}/{len(units)} reports")
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", newline="", encoding="utf-8") as fh:
+            w = csv.DictWriter(fh, fieldnames=["patient_id", "cohort", "split", "report_true", "report_pred"])
+            w.writeheader()
+            w.writerows(rows)
+    return path
+
+
+__all__ = ["FeatureReportDataset", "LanguageModelTask", "ReportTask", "encoder_features", "lesion_reports",
+           "run_report", "simulated_reports", "train_tiny_llm", "write_predictions"]
