@@ -160,3 +160,23 @@ def test_other_nodes_wait_for_node_zero(tmp_path):
     _wait_for(tmp_path, "cache", said.append, poll_s=0.05)
     assert stage_done(tmp_path, "cache") and time.time() - t0 >= 0.25
     assert len(said) == 1 and "waiting for node 0" in said[0]
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_run_the_distributed_stages_through_torchrun(cohort, tmp_path):
+    """``--gpus 2`` on a CPU machine: the distributed stages run as two Gloo processes under torchrun."""
+    run = tmp_path / "run"
+    one_epoch = [s.replace("finetune.optim.epochs=6", "finetune.optim.epochs=1") for s in TINY]
+    proc = _run(["train", "all", "--config", CONFIG, "--out", str(run), "--stages", "cache,attributes,finetune",
+                 "--gpus", "2", "--set", f"data.manifest={cohort}", *sum((["--set", s] for s in one_epoch), [])])
+    out, err = proc.communicate(timeout=900)
+    assert proc.returncode == 0, err[-3000:]
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert {s: v["status"] for s, v in summary.items()} == {"cache": "done", "attributes": "done", "finetune": "done"}
+    for stage in ("attributes", "finetune"):
+        state = json.loads((run / "pipeline" / f"{stage}.json").read_text(encoding="utf-8"))
+        assert state["result"] == {"torchrun": 2}
+    from renalclip_lib.models import load_checkpoint
+
+    assert load_checkpoint(run / "finetune" / "attributes" / "best.pt").classifiers
+    assert (run / "finetune" / "attributes" / "predictions.csv").exists()
