@@ -46,7 +46,7 @@ from ..errors import ConfigError, MissingFileError
 from ..models.clip_model import ClipModel, clip_loss, save_clip_model, with_text_projection
 from ..text.feature_cache import TextFeatureCache
 from ..text.reports import has_report, report_variants
-from .common import encoder_from_init, make_loader
+from .common import encoder_from_init, head_and_backbone_groups, make_loader
 from .distributed import DistContext
 from .loop import fit, is_finished
 
@@ -235,12 +235,7 @@ class ClipTask:
         self.meta: dict = {}
 
     def param_groups(self, model, cfg):
-        head_ids = {id(p) for p in model.head_parameters()}
-        backbone = [p for p in model.parameters() if id(p) not in head_ids and p.requires_grad]
-        groups = [{"params": model.head_parameters(), "lr": cfg.head_lr or cfg.lr}]
-        if backbone:
-            groups.insert(0, {"params": backbone, "lr": cfg.lr})
-        return groups
+        return head_and_backbone_groups(model, cfg)
 
     def loss(self, model, batch, device):
         image, scale = model(batch["image"].to(device, non_blocking=True))

@@ -37,6 +37,17 @@ def encoder_from_init(init: str, run_dir, width: int, embed_dim: int = 4096) -> 
     return enc
 
 
+def head_and_backbone_groups(model, cfg) -> list[dict]:
+    """AdamW groups: the backbone (trainable parameters outside ``model.head_parameters()``) at
+    ``cfg.lr`` and the heads at ``cfg.head_lr`` (or ``cfg.lr``): the release's separate rates."""
+    head_ids = {id(p) for p in model.head_parameters()}
+    backbone = [p for p in model.parameters() if id(p) not in head_ids and p.requires_grad]
+    groups = [{"params": model.head_parameters(), "lr": cfg.head_lr or cfg.lr}]
+    if backbone:
+        groups.insert(0, {"params": backbone, "lr": cfg.lr})
+    return groups
+
+
 def make_loader(dataset, batch_size: int, train: bool, num_workers: int = 0, sample_weights=None,
                 seed: int = 0, distributed: bool = False) -> DataLoader:
     sampler = None

@@ -23,8 +23,8 @@ from ..data.augment import TrainAugment
 from ..data.datasets import RoiDataset, Unit, parse_label
 from ..models import ClassifierHead, ImageTaskModel, save_image_model
 from ..tasks import TASKS
-from .common import (auc_score, class_weights, encoder_from_init, make_loader, masked_cross_entropy, nanmean,
-                     predict_logits, softmax)
+from .common import (auc_score, class_weights, encoder_from_init, head_and_backbone_groups, make_loader,
+                     masked_cross_entropy, nanmean, predict_logits, softmax)
 from .distributed import DistContext
 from .loop import fit
 from .predictions import write_predictions
@@ -46,12 +46,7 @@ class FinetuneTask:
         self.meta: dict = {}
 
     def param_groups(self, model, cfg):
-        head_ids = {id(p) for p in model.head_parameters()}
-        backbone = [p for p in model.parameters() if id(p) not in head_ids and p.requires_grad]
-        groups = [{"params": model.head_parameters(), "lr": cfg.head_lr or cfg.lr}]
-        if backbone:
-            groups.insert(0, {"params": backbone, "lr": cfg.lr})
-        return groups
+        return head_and_backbone_groups(model, cfg)
 
     def loss(self, model, batch, device):
         _, logits = model(batch["image"].to(device, non_blocking=True))

@@ -19,7 +19,7 @@ from ..data.augment import TrainAugment
 from ..data.datasets import RoiDataset, Unit
 from ..errors import MissingFileError
 from ..models import CoxHead, ImageTaskModel, load_task_model, save_image_model
-from .common import encoder_from_init, make_loader, predict_logits
+from .common import encoder_from_init, head_and_backbone_groups, make_loader, predict_logits
 from .cox_loss import cox_partial_nll
 from .distributed import DistContext
 from .finetune import unit_targets
@@ -46,11 +46,7 @@ class SurvivalTask:
         self.meta: dict = {}
 
     def param_groups(self, model, cfg):
-        head = list(model.cox.parameters())
-        ids = {id(p) for p in head}
-        rest = [p for p in model.parameters() if id(p) not in ids and p.requires_grad]
-        groups = [{"params": head, "lr": cfg.head_lr or cfg.lr}]
-        return ([{"params": rest, "lr": cfg.lr}] if rest else []) + groups
+        return head_and_backbone_groups(model, cfg)
 
     def loss(self, model, batch, device):
         _, out = model(batch["image"].to(device, non_blocking=True))
