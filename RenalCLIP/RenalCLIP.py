@@ -28,6 +28,7 @@ for _p in (_HERE, _REPO):
         sys.path.insert(0, _p)
 
 from RenalCLIPLib.logic import CaseLogic  # noqa: E402
+from RenalCLIPLib.panel_messages import PanelMessages  # noqa: E402
 
 PHASE_SELECTORS = {"N": "nonContrastSelector", "A": "arterialSelector", "V": "venousSelector", "D": "delayedSelector"}
 
@@ -52,7 +53,7 @@ class RenalCLIP(ScriptedLoadableModule):
         register_sample_data(os.path.join(_HERE, "Resources", "Icons", "RenalCLIP.png"))
 
 
-class RenalCLIPWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+class RenalCLIPWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, PanelMessages):
     """The panel: widgets from Resources/UI/RenalCLIP.ui, state in the parameter node, work in the logic."""
 
     def __init__(self, parent=None):
@@ -198,19 +199,6 @@ class RenalCLIPWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             getattr(self.ui, name).enabled = (not running and hasPhase) or self._jobButton == name
         self.ui.saveReportButton.enabled = bool(self.ui.reportTextEdit.toPlainText())
         self.ui.copyReportButton.enabled = self.ui.saveReportButton.enabled
-
-    # Messages -------------------------------------------------------------------------------------------
-    def appendLog(self, message):
-        self.ui.logTextEdit.appendPlainText(str(message))
-
-    def showStatus(self, message):
-        self.ui.statusLabel.text = message
-        slicer.util.showStatusMessage(message, 5000)
-
-    def showError(self, message):
-        self.ui.statusLabel.text = f"Error: {message}"
-        self.appendLog(f"ERROR: {message}")
-        slicer.util.errorDisplay(message, windowTitle="RenalCLIP")
 
     def runSafely(self, what, function, *args):
         """Run a short step on the GUI thread; a problem goes to the panel and a message box."""

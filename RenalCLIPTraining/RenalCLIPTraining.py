@@ -27,7 +27,8 @@ for _p in (_HERE, _REPO):
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
-from RenalCLIPTrainingLib.logic import TrainingLogic  # noqa: E402
+from RenalCLIPTrainingLib.logic import TrainingLogic  # noqa: E402  (puts RenalCLIPLib on the path)
+from RenalCLIPLib.panel_messages import PanelMessages  # noqa: E402
 
 COLUMNS = ("Stage", "Status", "Time", "Message")
 PATH_EDITS = {"ConfigPath": "configPathLineEdit", "ManifestPath": "manifestPathLineEdit",
@@ -49,7 +50,9 @@ class RenalCLIPTraining(ScriptedLoadableModule):
         self.parent.acknowledgementText = "Implements the RenalCLIP paper (kidney-cancer vision-language model)."
 
 
-class RenalCLIPTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+class RenalCLIPTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, PanelMessages):
+    ERROR_TITLE = "RenalCLIP Training"
+
     """The panel: widgets from Resources/UI/RenalCLIPTraining.ui, inputs in the parameter node, work in the logic."""
 
     def __init__(self, parent=None):
@@ -148,19 +151,6 @@ class RenalCLIPTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         for name in list(PATH_EDITS.values()) + ["gpusSpinBox", "stagesLineEdit", "overridesLineEdit"]:
             getattr(self.ui, name).enabled = not running
         self.ui.openReportButton.enabled = self.logic.reportPath() is not None
-
-    # Messages ----------------------------------------------------------------------------------------
-    def appendLog(self, message):
-        self.ui.logTextEdit.appendPlainText(str(message))
-
-    def showStatus(self, message):
-        self.ui.statusLabel.text = message
-        slicer.util.showStatusMessage(message, 5000)
-
-    def showError(self, message):
-        self.ui.statusLabel.text = f"Error: {message}"
-        self.appendLog(f"ERROR: {message}")
-        slicer.util.errorDisplay(message, windowTitle="RenalCLIP Training")
 
     # Run ----------------------------------------------------------------------------------------------
     def onStartStop(self):

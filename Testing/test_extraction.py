@@ -75,7 +75,8 @@ def test_rules_on_common_radiology_phrasing():
 
 
 def test_consistency_scores_agreement_question_by_question(cases):
-    c = next(c for c in cases if c.labels["lesion_side"] == "left" and c.labels["q_size_left"] == 2)
+    c = next(c for c in cases if c.labels["lesion_side"] == "left" and c.labels["q_size_left"] == 2
+             and c.labels["q_cystic_solid_left"] == 3)
     ref = format_report(c.reports["findings_left"], c.reports["impression_left"])
     same = consistency(ref, ref)
     stated = sum(c.labels[q.column("left")] > 0 for q in QUESTIONS)
@@ -84,10 +85,7 @@ def test_consistency_scores_agreement_question_by_question(cases):
     sw = consistency(swapped, ref)
     assert (sw["side_agreement"], sw["side_size_agreement"], sw["consistency"]) == (0, 0, 0)
     # Another size class, everything else the same: one stated answer out of `stated` is wrong.
-    gen = "Findings: A 12.3 x 11.0 cm solid mass is seen in the left kidney." \
-          if c.labels["q_cystic_solid_left"] == 3 else None
-    if gen is None:
-        pytest.skip("case is not solid")
+    gen = "Findings: A 12.3 x 11.0 cm solid mass is seen in the left kidney."
     size_only = consistency(gen, ref)
     assert size_only["side_agreement"] == 1 and size_only["side_size_agreement"] == 0
     assert size_only["per_question"]["size"] == 0 and size_only["per_question"]["cystic_solid"] == 1

@@ -25,20 +25,23 @@ POINT_COLOR = (1.0, 0.35, 0.1)
 ROI_COLOR = (0.2, 0.8, 1.0)
 
 
+def _named_node(scene, class_name: str, name: str, color):
+    """The first ``class_name`` node called ``name``, else a new one with display nodes and ``color``."""
+    for i in range(scene.GetNumberOfNodesByClass(class_name)):
+        n = scene.GetNthNodeByClass(i, class_name)
+        if n.GetName() == name:
+            return n
+    node = scene.AddNewNodeByClass(class_name, name)
+    node.CreateDefaultDisplayNodes()
+    display = node.GetDisplayNode()
+    if display is not None:
+        display.SetSelectedColor(*color)
+    return node
+
+
 def ensure_lesion_point(scene, node=None):
     """The markups point node holding the lesion centre (at most one control point); created if needed."""
-    if node is None:
-        for i in range(scene.GetNumberOfNodesByClass("vtkMRMLMarkupsFiducialNode")):
-            n = scene.GetNthNodeByClass(i, "vtkMRMLMarkupsFiducialNode")
-            if n.GetName() == LESION_POINT_NAME:
-                node = n
-                break
-    if node is None:
-        node = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", LESION_POINT_NAME)
-        node.CreateDefaultDisplayNodes()
-        display = node.GetDisplayNode()
-        if display is not None:
-            display.SetSelectedColor(*POINT_COLOR)
+    node = node or _named_node(scene, "vtkMRMLMarkupsFiducialNode", LESION_POINT_NAME, POINT_COLOR)
     node.SetMaximumNumberOfControlPoints(1)
     return node
 
@@ -91,17 +94,9 @@ def propose_lesion_point(segmentation_node, reference_node, point_node):
 def ensure_roi_box(scene, node=None):
     """The locked markups ROI box of the model's field of view (size from ``ROI_SIZE_MM``)."""
     if node is None:
-        for i in range(scene.GetNumberOfNodesByClass("vtkMRMLMarkupsROINode")):
-            n = scene.GetNthNodeByClass(i, "vtkMRMLMarkupsROINode")
-            if n.GetName() == ROI_BOX_NAME:
-                node = n
-                break
-    if node is None:
-        node = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", ROI_BOX_NAME)
-        node.CreateDefaultDisplayNodes()
+        node = _named_node(scene, "vtkMRMLMarkupsROINode", ROI_BOX_NAME, ROI_COLOR)
         display = node.GetDisplayNode()
         if display is not None:
-            display.SetSelectedColor(*ROI_COLOR)
             display.SetFillOpacity(0.05)
     node.SetSize(*map(float, ROI_SIZE_MM))
     node.SetLocked(True)

@@ -22,7 +22,8 @@ from pathlib import Path
 from renalclip_lib.constants import PHASES
 
 from . import commands
-from .child_process import SUCCEEDED, ChildProcess, default_backend
+from .child_process import SUCCEEDED, ChildProcess
+from .job_logic import JobLogic
 from .lesion_point import RoiFollower, ensure_lesion_point, ensure_roi_box, lesion_point_ras, propose_lesion_point
 from .mrml_volumes import volume_from_node
 from .parameters import Parameters
@@ -35,30 +36,16 @@ RESULTS_TABLE_NAME = "RenalCLIP results"
 SEGMENTATION_NAME = "RenalCLIP segmentation"
 
 
-class CaseLogic:
+class CaseLogic(JobLogic):
     """Workflow of one case on a MRML scene (``slicer.mrmlScene`` unless one is given)."""
 
+    PARAMETERS = Parameters
+
     def __init__(self, scene=None, backendFactory=None, renalclipPrefix=None, workFolder=None):
-        self._scene = scene
-        self.backendFactory = backendFactory or default_backend
-        self.renalclipPrefix = list(renalclipPrefix) if renalclipPrefix else None
+        super().__init__(scene, backendFactory, renalclipPrefix)
         self._workFolder = workFolder
         self.roiFollower = None
-        self.job: ChildProcess | None = None
         self.assessment: dict | None = None
-
-    # Scene and parameters --------------------------------------------------------------------
-    @property
-    def scene(self):
-        if self._scene is not None:
-            return self._scene
-        import slicer
-
-        return slicer.mrmlScene
-
-    @property
-    def params(self) -> Parameters:
-        return Parameters(self.scene)
 
     def workFolder(self) -> Path:
         """Folder for the files handed to child processes (one per scene, kept for inspection)."""
@@ -68,9 +55,6 @@ class CaseLogic:
             self.params["WorkFolder"] = folder
         Path(folder).mkdir(parents=True, exist_ok=True)
         return Path(folder)
-
-    def prefix(self) -> list[str]:
-        return self.renalclipPrefix or commands.renalclip_prefix()
 
     # 1. Inputs ------------------------------------------------------------------------------------
     def candidateVolumes(self) -> list:
@@ -251,7 +235,7 @@ class CaseLogic:
 
     # Child processes ---------------------------------------------------------------------------------
     def _start(self, argv, **callbacks) -> ChildProcess:
-        if self.job is not None and self.job.running:
+        if self.running:
             raise RuntimeError("another RenalCLIP job is running: wait for it or cancel it")
         self.job = ChildProcess(self.backendFactory(), **callbacks)
         return self.job.start(argv, env=commands.child_environment())

@@ -37,23 +37,35 @@ def parameter_node(scene, module_name: str = MODULE_NAME):
     return node
 
 
-class Parameters:
-    """Typed access to the parameter node's references and strings."""
+class StringParameters:
+    """String parameters of a module's parameter node, with defaults (unknown names raise KeyError).
+
+    Subclasses name their module (``MODULE``) and their parameters with defaults (``DEFAULTS``).
+    """
+
+    MODULE = MODULE_NAME
+    DEFAULTS: dict = {}
 
     def __init__(self, scene, node=None):
         self.scene = scene
-        self.node = node or parameter_node(scene)
+        self.node = node or parameter_node(scene, self.MODULE)
 
     def __getitem__(self, key: str) -> str:
-        if key not in STRINGS:
+        if key not in self.DEFAULTS:
             raise KeyError(key)
         value = self.node.GetParameter(key)
-        return value if value else STRINGS[key]
+        return value if value else self.DEFAULTS[key]
 
     def __setitem__(self, key: str, value) -> None:
-        if key not in STRINGS:
+        if key not in self.DEFAULTS:
             raise KeyError(key)
         self.node.SetParameter(key, "" if value is None else str(value))
+
+
+class Parameters(StringParameters):
+    """Typed access to the RenalCLIP parameter node's references and strings."""
+
+    DEFAULTS = STRINGS
 
     def node_for(self, role: str):
         return self.node.GetNodeReference(role)

@@ -19,7 +19,8 @@ from typing import Callable
 
 from renalclip_lib.training.pipeline import PIPELINE_STAGES
 from RenalCLIPLib import commands as renalclip_commands
-from RenalCLIPLib.child_process import SUCCEEDED, ChildProcess, default_backend
+from RenalCLIPLib.child_process import SUCCEEDED, ChildProcess
+from RenalCLIPLib.job_logic import JobLogic
 
 from .commands import parse_stages, train_all_command
 from .parameters import TrainingParameters
@@ -30,35 +31,15 @@ REPORT = ("evaluation", "index.html")
 SUMMARY = ("pipeline", "summary.json")
 
 
-class TrainingLogic:
+class TrainingLogic(JobLogic):
     """Start, follow and stop one pipeline run (see the module docstring)."""
 
+    PARAMETERS = TrainingParameters
+
     def __init__(self, scene=None, backendFactory=None, renalclipPrefix=None):
-        self._scene = scene
-        self.backendFactory = backendFactory or default_backend
-        self.renalclipPrefix = renalclipPrefix
-        self.job: ChildProcess | None = None
+        super().__init__(scene, backendFactory, renalclipPrefix)
         self.stageProgress = StageProgress(PIPELINE_STAGES)
         self.outputFolder: str | None = None
-
-    @property
-    def scene(self):
-        if self._scene is not None:
-            return self._scene
-        import slicer
-
-        return slicer.mrmlScene
-
-    @property
-    def params(self) -> TrainingParameters:
-        return TrainingParameters(self.scene)
-
-    @property
-    def running(self) -> bool:
-        return self.job is not None and self.job.running
-
-    def prefix(self) -> list[str]:
-        return list(self.renalclipPrefix or renalclip_commands.renalclip_prefix())
 
     def trainCommand(self, config=None, out=None, manifest=None, gpus=None, stages=None, nnodes: int = 1,
                      rdzvEndpoint: str | None = None, overrides=None) -> list[str]:

@@ -1,7 +1,7 @@
 """The RenalCLIPTraining parameter node: the run's inputs, saved with the scene.
 
-A ``vtkMRMLScriptedModuleNode`` singleton tagged "RenalCLIPTraining" (made by the RenalCLIP
-module's ``parameter_node``) holding string parameters whose names and defaults are listed here once.
+A ``vtkMRMLScriptedModuleNode`` singleton tagged "RenalCLIPTraining" (the RenalCLIP module's
+``StringParameters``) holding string parameters whose names and defaults are listed here once.
 
 Usage::
 
@@ -10,29 +10,17 @@ Usage::
 """
 from __future__ import annotations
 
-from RenalCLIPLib.parameters import parameter_node
+from RenalCLIPLib.parameters import StringParameters
 
 MODULE_NAME = "RenalCLIPTraining"
 STRINGS = {"ConfigPath": "", "ManifestPath": "", "OutputFolder": "", "GPUs": "1", "Stages": "", "Overrides": ""}
 
 
-class TrainingParameters:
-    """Typed access to the parameter node's strings (unknown names raise KeyError)."""
+class TrainingParameters(StringParameters):
+    """Typed access to the RenalCLIPTraining parameter node's strings."""
 
-    def __init__(self, scene, node=None):
-        self.scene = scene
-        self.node = node or parameter_node(scene, MODULE_NAME)
-
-    def __getitem__(self, key: str) -> str:
-        if key not in STRINGS:
-            raise KeyError(key)
-        value = self.node.GetParameter(key)
-        return value if value else STRINGS[key]
-
-    def __setitem__(self, key: str, value) -> None:
-        if key not in STRINGS:
-            raise KeyError(key)
-        self.node.SetParameter(key, "" if value is None else str(value))
+    MODULE = MODULE_NAME
+    DEFAULTS = STRINGS
 
     def gpus(self) -> int:
         try:
