@@ -182,3 +182,26 @@ def test_two_gloo_processes_run_the_distributed_stages_through_torchrun(cohort, 
 
     assert load_checkpoint(run / "finetune" / "attributes" / "best.pt").classifiers
     assert (run / "finetune" / "attributes" / "predictions.csv").exists()
+
+
+@pytest.mark.slow
+def test_two_processes_through_the_pipeline_give_the_one_process_losses(cohort, tmp_path):
+    """The alignment stage through ``train all``: 2 Gloo processes x batch 4 against 1 process x
+    batch 8 see the same global batches with the same augmentations, so the first step's loss agrees,
+    and so does the next epoch's first loss, which depends on the first update."""
+    clip = ["clip.init=random", "clip.optim.epochs=2", "clip.optim.num_workers=0", "clip.optim.warmup_ratio=0"]
+    losses = {}
+    for gpus, batch in ((1, 8), (2, 4)):
+        run = tmp_path / f"run{gpus}"
+        proc = _run(["train", "all", "--config", CONFIG, "--out", str(run), "--stages", "cache,text-features,clip",
+                     "--gpus", str(gpus), "--set", f"data.manifest={cohort}", "--set", f"clip.optim.batch_size={batch}",
+                     *sum((["--set", s] for s in TINY + clip), [])])
+        out, err = proc.communicate(timeout=900)
+        assert proc.returncode == 0, err[-3000:]
+        state = json.loads((run / "pipeline" / "clip.json").read_text(encoding="utf-8"))
+        assert (state["result"] == {"torchrun": 2}) == (gpus == 2)
+        history = [json.loads(line) for line in (run / "clip" / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
+        losses[gpus] = [h["first_step_loss"] for h in history]
+    print("first-step losses", losses)
+    assert len(losses[1]) == 2 and losses[1][0] > 0 and losses[1][0] != losses[1][1]
+    assert losses[2] == pytest.approx(losses[1], abs=1e-4)

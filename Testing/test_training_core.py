@@ -240,10 +240,43 @@ def test_dataset_draws_every_available_phase_in_training():
     units = group_units(index)
     aug = TrainAugment(flip=False, affine=False, intensity=False, seed=0)
     ds = RoiDataset(rois, units, np.zeros((1, 1)), augment=aug, seed=0)
-    seen = {round(float(ds[0]["image"].mean()) * 500 - 200) for _ in range(40)}
+    seen = {round(float(ds[(epoch, 0)]["image"].mean()) * 500 - 200) for epoch in range(40)}
     assert seen == {0, 100, 200, 300}
+    # An item's draws are a function of (seed, epoch, index): any process or worker repeats them.
+    assert all(torch.equal(ds[(e, 0)]["image"], ds[(e, 0)]["image"]) for e in range(5))
     ev = RoiDataset(rois, units, np.zeros((1, 1)))
     assert round(float(ev[0]["image"].mean()) * 500 - 200) == 100  # arterial
+
+
+def test_one_process_and_two_see_the_same_global_batches():
+    """Rank r of 2 with batch 4 loads its share of the global batch of 8 that one process loads,
+    with the same (epoch, index) keys, so augmentations match too."""
+    from torch.utils.data.distributed import DistributedSampler
+
+    from renalclip_lib.training.common import EpochKeyedSampler, make_loader
+
+    class Keys(torch.utils.data.Dataset):
+        def __len__(self):
+            return 21
+
+        def item_rng(self, key, stream=0):
+            return None
+
+        def __getitem__(self, key):
+            return torch.tensor(key)
+
+    one = make_loader(Keys(), 8, True, seed=3)
+    ranks = []
+    for rank in range(2):
+        s = EpochKeyedSampler(DistributedSampler(Keys(), num_replicas=2, rank=rank, shuffle=True, seed=3))
+        ranks.append(torch.utils.data.DataLoader(Keys(), batch_size=4, sampler=s, drop_last=True))
+    for epoch in (0, 1):
+        for loader in (one, *ranks):
+            loader.sampler.set_epoch(epoch)
+        singles = [sorted(map(tuple, b.tolist())) for b in one]
+        pairs = [sorted(map(tuple, a.tolist() + b.tolist())) for a, b in zip(*ranks)]
+        assert singles[:2] == pairs[:2] and all(k[0] == epoch for k in singles[0])
+    assert [k[1] for k in singles[0]] != list(range(8))   # shuffled
 
 
 def test_metric_helpers_match_scikit_learn():

@@ -149,6 +149,14 @@ class ClipOptions:
 
 
 @dataclass
+class AblationOptions:
+    """``renalclip train ablation``: the text encoders of the four pre-training variants (section 4.4.7)."""
+    domain_text_encoder: str = "text"     # text (the text stage's LLM2Vec) | a model folder | an encoder.json
+    general_text_encoder: str = "minilm"  # the paper's BioClinicalBERT: a BERT-style folder | minilm
+    finetune: bool = False                # also fine-tune the seven tasks from each variant's encoder
+
+
+@dataclass
 class DataOptions:
     manifest: str = ""
     cache: str = ""
@@ -169,6 +177,7 @@ class TrainConfig:
     text: TextOptions = field(default_factory=TextOptions)
     clip: ClipOptions = field(default_factory=ClipOptions)
     report: ReportOptions = field(default_factory=ReportOptions)
+    ablation: AblationOptions = field(default_factory=AblationOptions)
     device: str = "auto"
     source: str = ""
 

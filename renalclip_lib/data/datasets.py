@@ -75,27 +75,24 @@ class RoiDataset(Dataset):
         self.augment = augment
         self.phase = phase
         self.seed = seed
-        self._rng = None
-        self._rng_seed = None
 
     def __len__(self) -> int:
         return len(self.units)
 
-    def _generator(self) -> np.random.Generator:
-        """A stream per process: DataLoader workers are seeded from the loader's generator, so
-        draws differ between workers and epochs yet repeat for the same seed."""
-        seed = torch.initial_seed()
-        if self._rng is None or self._rng_seed != seed:
-            self._rng, self._rng_seed = np.random.default_rng([self.seed, seed % 2**63]), seed
-        return self._rng
+    def item_rng(self, key, stream: int = 0) -> np.random.Generator:
+        """Random stream ``stream`` of one item, keyed by (seed, epoch, index): ``key`` is the index
+        or the ``(epoch, index)`` pair a training sampler yields (``training.common.EpochKeyedSampler``)."""
+        epoch, i = key if isinstance(key, tuple) else (0, key)
+        return np.random.default_rng([self.seed, int(epoch), int(i), stream])
 
     def _roi(self, unit: Unit, phase: str) -> np.ndarray:
         return np.asarray(self.rois[int(unit.rows[phase]["row"])], dtype=np.float32)
 
-    def __getitem__(self, i: int) -> dict:
+    def __getitem__(self, key) -> dict:
+        i = key[1] if isinstance(key, tuple) else key
         unit = self.units[i]
         if self.augment is not None:
-            rng = self._generator()
+            rng = self.item_rng(key)
             phase = list(unit.rows)[int(rng.integers(len(unit.rows)))]
             self.augment.set_seed(int(rng.integers(2**31)))
             image = self.augment(self._roi(unit, phase))

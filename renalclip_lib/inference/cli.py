@@ -1,4 +1,4 @@
-"""``renalclip analyze``, ``renalclip bundle`` and ``renalclip batch``.
+"""``renalclip analyze``, ``bundle``, ``batch``, ``index-cohort`` and ``search``.
 
 Usage::
 
@@ -6,6 +6,8 @@ Usage::
     renalclip analyze --phase A=art.nii.gz --phase V=ven.nii.gz --center-lps 60 -12 1200 \\
         --bundle BUNDLE --out assessment.json [--report] [--panel panel.png] [--progress-json]
     renalclip batch --manifest cohort/manifest.csv --bundle BUNDLE --out batch_out
+    renalclip index-cohort --clip RUN/clip/best.pt --manifest cohort/manifest.csv --out cohort_index
+    renalclip search --index cohort_index --query "left renal mass, washout" [--top 5] [--json]
 
 With ``--progress-json`` stdout carries only JSON lines (``renalclip_lib.progress``); otherwise
 stdout carries one JSON summary and human progress goes to stderr.
@@ -105,6 +107,59 @@ def cmd_batch(args) -> int:
     return EXIT_OK
 
 
+def cmd_index_cohort(args) -> int:
+    from .search import build_index, index_summary, load_index
+
+    rep = _reporter(args)
+    cohorts = [c.strip() for c in args.cohorts.split(",") if c.strip()] if args.cohorts else None
+    rep.progress("index", 0.01, "embedding the cohort's kidneys")
+    out = build_index(args.out, clip=args.clip, manifest=args.manifest, cache=args.cache, cohorts=cohorts,
+                      device=args.device, on_error=args.on_bad_row, log=rep.log)
+    index = load_index(out)
+    payload = {**index_summary(index), "skipped": index.meta.get("skipped", [])}
+    rep.progress("done", 1.0, f"{len(index)} kidneys indexed in {out}")
+    if rep.json_lines:
+        rep.result(**payload)
+    else:
+        print(json.dumps(payload, indent=2))
+    return EXIT_OK
+
+
+def _table(hits: list[dict], width: int = 70) -> str:
+    head = ("rank", "score", "patient", "side", "cohort", "report")
+    rows = [(str(h["rank"]), f"{h['score']:.4f}", h["patient_id"], h["side"], h["cohort"],
+             h["report"] if len(h["report"]) <= width else h["report"][: width - 1] + "\u2026") for h in hits]
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head) - 1)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r[:-1], widths)) + "  " + r[-1] for r in [head, *rows])
+
+
+def cmd_search(args) -> int:
+    from .search import load_index, load_query_image, parse_center, search_image, search_text
+
+    index = load_index(args.index)
+    center = None if args.center_lps is None else parse_center(args.center_lps)
+    warnings: list[str] = []
+    if args.query is not None:
+        if center is not None:
+            raise RenalCLIPError(None, "--center-lps goes with --query-image, not with a text query")
+        hits = search_text(index, args.query, top=args.top, device=args.device)
+        query = {"text": args.query}
+    else:
+        x, warnings = load_query_image(args.query_image, center)
+        hits = search_image(index, x, top=args.top, device=args.device or "cpu")
+        query = {"image": args.query_image, "center_lps": None if center is None else list(center)}
+    if args.json:
+        print(json.dumps({"index": str(index.path), "n": len(index), "query": query, "hits": hits,
+                          "warnings": warnings}))
+    else:
+        for w in warnings:
+            print(f"renalclip: warning: {w}", file=sys.stderr)
+        what = f"text {args.query!r}" if args.query is not None else f"image {args.query_image}"
+        print(f"{len(hits)} of {len(index)} kidneys closest to {what} (cosine similarity)")
+        print(_table(hits))
+    return EXIT_OK
+
+
 def add_inference_parsers(sub) -> None:
     a = sub.add_parser("analyze", help="assess one case with a model bundle -> assessment.json",
                        description="Register the phases, find or take the lesion centre, cut the ROI and run "
@@ -153,3 +208,36 @@ def add_inference_parsers(sub) -> None:
     t.add_argument("--progress-json", action="store_true")
     t.add_argument("--quiet", action="store_true")
     t.set_defaults(func=_guard(cmd_batch))
+
+    i = sub.add_parser("index-cohort", help="embed every kidney of a manifest for `renalclip search`",
+                       description="Embed each kidney of a manifest (evaluation phase) with the contrastive encoder "
+                                   "and write OUT/index.npz and OUT/index.json. Exit codes: 0 done, 2 bad input "
+                                   "(one line on stderr, no index written), 1 internal error.")
+    i.add_argument("--clip", required=True, help="contrastive checkpoint (RUN/clip/best.pt) or a bundle folder")
+    i.add_argument("--manifest", required=True, help="cohort manifest CSV (images, kidney centres, reports)")
+    i.add_argument("--cache", help="a finished ROI cache (renalclip preprocess); default: built in OUT/cache")
+    i.add_argument("--cohorts", help="comma-separated cohorts to index (default: all)")
+    i.add_argument("--out", required=True, help="index folder")
+    i.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    i.add_argument("--on-bad-row", choices=("fail", "skip"), default="fail",
+                   help="a bad manifest row or unreadable image stops the index (fail) or is left out (skip)")
+    i.add_argument("--progress-json", action="store_true", help="JSON lines on stdout (for the Slicer module)")
+    i.add_argument("--quiet", action="store_true")
+    i.set_defaults(func=_guard(cmd_index_cohort))
+
+    s = sub.add_parser("search", help="kidneys of an indexed cohort closest to a text or an image",
+                       description="Rank the kidneys of an index by cosine similarity to a text query (needs the "
+                                   "text encoder folder the index names) or to a query image. Exit codes: 0 done, "
+                                   "2 bad input (one line on stderr), 1 internal error.")
+    s.add_argument("--index", required=True, help="index folder (renalclip index-cohort)")
+    q = s.add_mutually_exclusive_group(required=True)
+    q.add_argument("--query", help="a text, e.g. \"left renal mass with washout\"")
+    q.add_argument("--query-image", metavar="FILE",
+                   help="a .npy ROI (cached HU ROI or model input) or a CT volume with --center-lps")
+    s.add_argument("--center-lps", nargs="+", metavar="X,Y,Z",
+                   help="centre of the query ROI in LPS mm, as X,Y,Z or X Y Z (use --center-lps=-1,2,3 "
+                        "when X is negative)")
+    s.add_argument("--top", type=int, default=5, help="number of hits (default 5)")
+    s.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    s.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cpu for images, auto for text)")
+    s.set_defaults(func=cmd_search)

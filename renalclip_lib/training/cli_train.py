@@ -6,6 +6,7 @@ Usage::
     renalclip train attributes --config Resources/configs/demo.yaml --out run --set data.cache=cache
     renalclip train finetune   --config demo.yaml --out run --init random
     renalclip train compare    --config demo.yaml --out run      # random vs attribute-pretrained table
+    renalclip train ablation   --config demo.yaml --out run      # the four pre-training variants (clip)
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import sys
 import yaml
 
 IMAGE_STAGES = ("attributes", "finetune", "survival", "data-efficiency", "phase-fusion", "compare")
-TEXT_STAGES = ("text", "text-features", "clip")
+TEXT_STAGES = ("text", "text-features", "clip", "ablation")
 REPORT_STAGES = ("report",)
 
 
@@ -96,6 +97,10 @@ def cmd_train(args) -> int:
         if args.init:
             cfg.clip.init = args.init
         result = run_clip(cfg, args.out, log)
+    elif args.stage == "ablation":
+        from .ablation import run_ablation
+
+        result = run_ablation(cfg, args.out, log)
     elif args.stage == "report":
         from .report_stage import run_report
 

@@ -195,9 +195,10 @@ class ClipDataset(RoiDataset):
         super().__init__(rois, units, np.zeros((len(units), 0), np.float32), augment=augment, seed=seed)
         self.text = np.asarray(text, np.float32)
 
-    def __getitem__(self, i: int) -> dict:
-        item = super().__getitem__(i)
-        v = int(self._generator().integers(self.text.shape[1])) if self.augment is not None else 0
+    def __getitem__(self, key) -> dict:
+        item = super().__getitem__(key)
+        i = item["index"]
+        v = int(self.item_rng(key, stream=1).integers(self.text.shape[1])) if self.augment is not None else 0
         item["text"] = torch.from_numpy(self.text[i, v])
         del item["target"]
         return item

@@ -48,23 +48,53 @@ def head_and_backbone_groups(model, cfg) -> list[dict]:
     return groups
 
 
+class EpochKeyedSampler(torch.utils.data.Sampler):
+    """Wraps a training sampler so that it yields ``(epoch, index)``: the dataset then keys each
+    item's random draws (phase, augmentation, report copy) by (seed, epoch, index), which makes an
+    item's augmentation the same whichever process or worker loads it (one process and two give the
+    same global batch) and repeat exactly after a resume."""
+
+    def __init__(self, sampler):
+        self.sampler = sampler
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch)
+
+    def __iter__(self):
+        epoch = self.epoch
+        return ((epoch, int(i)) for i in self.sampler)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+
 def make_loader(dataset, batch_size: int, train: bool, num_workers: int = 0, sample_weights=None,
                 seed: int = 0, distributed: bool = False) -> DataLoader:
+    """A DataLoader; for training, a seeded sampler, wrapped in ``EpochKeyedSampler`` when the dataset
+    keys its random draws (has ``item_rng``, as ``data.datasets.RoiDataset``).
+
+    Without sample weights the training sampler is torch's ``DistributedSampler`` in every case
+    (one replica when not distributed), so epoch e's order is a function of (seed, e) alone and rank r
+    of R processes with batch b sees, in its k-th batch, its share of the k-th global batch of
+    b x R that a single process would see.
+    """
     sampler = None
-    shuffle = train
     if train and sample_weights is not None and not distributed:
         g = torch.Generator().manual_seed(seed)
         sampler = WeightedRandomSampler(torch.as_tensor(sample_weights, dtype=torch.double), len(dataset),
                                         replacement=True, generator=g)
-        shuffle = False
-    elif distributed:
+    elif train:
         from torch.utils.data.distributed import DistributedSampler
 
-        sampler = DistributedSampler(dataset, shuffle=train, seed=seed)
-        shuffle = False
-    g = torch.Generator().manual_seed(seed)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, sampler=sampler, num_workers=num_workers,
-                      drop_last=train and len(dataset) > batch_size, generator=g,
+        replicas = {} if distributed else {"num_replicas": 1, "rank": 0}
+        sampler = DistributedSampler(dataset, shuffle=True, seed=seed, **replicas)
+    if sampler is not None and hasattr(dataset, "item_rng"):
+        sampler = EpochKeyedSampler(sampler)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, sampler=sampler, num_workers=num_workers,
+                      drop_last=train and len(sampler or dataset) > batch_size,
                       persistent_workers=num_workers > 0, worker_init_fn=_one_thread if num_workers else None)
 
 

@@ -4,6 +4,9 @@ AdamW with per-group learning rates, cosine schedule with linear warm-up (per st
 autocast on GPU, gradient-norm clipping, DistributedDataParallel under torchrun, an atomic
 ``checkpoint_last.pt`` every epoch (model, optimiser, scheduler, RNG states), automatic resume
 from it, ``best`` selection on a validation metric, a JSONL metrics log and ``finished.json``.
+Each epoch's record holds ``train_loss`` and ``first_step_loss`` (the loss of its first global
+batch, averaged over ranks: with ``common.make_loader``'s samplers one process and several give
+the same value, the check that the distributed path computes what a single process computes).
 
 A stage supplies a ``StageTask``: its model, parameter groups, the loss of a batch, a validation
 function and how to save the best model.
@@ -116,7 +119,7 @@ def fit(task: StageTask, train_loader, val_loader, out_dir, cfg: OptimOptions,
         if hasattr(train_loader, "sampler") and hasattr(train_loader.sampler, "set_epoch"):
             train_loader.sampler.set_epoch(epoch)
         model.train()
-        t0, n_seen, loss_sum = time.time(), 0, 0.0
+        t0, n_seen, loss_sum, first_loss = time.time(), 0, 0.0, None
         bar = _progress(train_loader, cfg.progress and ctx.is_main, f"epoch {epoch + 1}/{cfg.epochs}")
         for batch in bar:
             with torch.autocast(device_type=ctx.device.type, dtype=torch.bfloat16, enabled=use_amp):
@@ -130,10 +133,13 @@ def fit(task: StageTask, train_loader, val_loader, out_dir, cfg: OptimOptions,
             bs = _batch_size(batch)
             n_seen += bs
             loss_sum += float(loss.detach()) * bs
+            first_loss = float(loss.detach()) if first_loss is None else first_loss
             if hasattr(bar, "set_postfix"):
                 bar.set_postfix(loss=f"{loss_sum / max(1, n_seen):.4f}")
         train_loss = ctx.all_reduce_mean(loss_sum / max(1, n_seen))
-        record = {"epoch": epoch, "epochs": cfg.epochs, "train_loss": train_loss, "lr": scheduler.get_last_lr()[0],
+        record = {"epoch": epoch, "epochs": cfg.epochs, "train_loss": train_loss,
+                  "first_step_loss": ctx.all_reduce_mean(first_loss if first_loss is not None else float("nan")),
+                  "lr": scheduler.get_last_lr()[0],
                   "seconds": round(time.time() - t0, 2), "samples_per_s": round(n_seen * ctx.world_size / max(1e-9, time.time() - t0), 2)}
         if ctx.is_main:
             if val_loader is not None:
