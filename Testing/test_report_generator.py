@@ -68,6 +68,33 @@ def test_loss_mask_covers_only_the_report(tok):
     assert feats.grad.abs().sum() > 0
 
 
+def test_language_model_pretraining_learns_the_report_not_the_prompt(tok, tmp_path):
+    """The tiny LLM's pre-training loss is the generator's report-token loss with the image tokens at
+    zero; training changes every LLM weight it checkpoints, and never the (zero) projector."""
+    from renalclip_lib.training.loop import fit
+    from renalclip_lib.training.options import OptimOptions
+    from renalclip_lib.training.report_stage import LanguageModelTask
+
+    gen = _gen(tok)
+    task = LanguageModelTask(gen)
+    batch = {"text": REPORTS}
+    loss, _ = task.loss(task.model, batch, torch.device("cpu"))
+    inputs = gen.build_inputs(torch.zeros(3, gen.feature_dim), REPORTS)
+    assert (inputs["inputs_embeds"][:, len(gen.prefix_ids):len(gen.prefix_ids) + 8] == 0).all()
+    ref = gen.llm(inputs_embeds=inputs["inputs_embeds"], attention_mask=inputs["attention_mask"],
+                  labels=inputs["labels"]).loss
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-5)
+    before = {k: v.clone() for k, v in gen.llm.state_dict().items()}
+    data = [{"text": REPORTS[i % 3], "index": i} for i in range(6)]
+    loader = torch.utils.data.DataLoader(data, batch_size=3)
+    fit(task, loader, loader, tmp_path, OptimOptions(epochs=2, batch_size=3, lr=1e-2, amp="fp32", progress=False))
+    last = torch.load(tmp_path / "checkpoint_last.pt", weights_only=True)["model"]
+    assert set(last) == {f"llm.{k}" for k in before}          # the whole LLM resumes, not the projector
+    changed = [k for k, v in gen.llm.state_dict().items() if not torch.equal(v, before[k])]
+    assert "lm_head.weight" in changed and len(changed) >= len(before) - 1
+    assert gen.projector.weight.abs().sum() == 0 and gen.projector.bias.abs().sum() == 0
+
+
 def _fit(gen, lora, tmp_path, epochs=2):
     from renalclip_lib.training.loop import fit
     from renalclip_lib.training.options import OptimOptions

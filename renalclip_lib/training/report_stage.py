@@ -168,24 +168,38 @@ class ReportTask:
         atomic_torch_save({"state": model.state_dict(), "metrics": metrics}, path)
 
 
-class LanguageModelTask:
-    """Causal-LM pre-training of the tiny LLM on report text (instruction template + report)."""
+class _LanguageModel(torch.nn.Module):
+    """The LLM as the module the loop trains and checkpoints (all of its weights), run through a
+    ``ReportGenerator`` whose projector stays outside (zero, frozen)."""
 
-    def __init__(self, model, tokenizer, prompt_text: str, max_tokens: int):
-        self.model, self.tok, self.prompt, self.max_tokens = model, tokenizer, prompt_text, max_tokens
+    def __init__(self, generator):
+        super().__init__()
+        self.llm = generator.llm
+        object.__setattr__(self, "generator", generator)
+
+    def forward(self, texts: list[str]) -> torch.Tensor:
+        gen = self.generator
+        gen.projector.to(next(self.llm.parameters()).device)
+        return gen(torch.zeros(len(texts), gen.feature_dim), texts)
+
+
+class LanguageModelTask:
+    """Causal-LM pre-training of the tiny LLM on report text, in the generator's own layout: the
+    prompt of ``ReportGenerator`` with its image tokens held at zero and the loss on the report
+    tokens only, so the LLM learns to write a report after the instruction, not to recite it."""
+
+    def __init__(self, generator):
+        torch.nn.init.zeros_(generator.projector.weight)
+        torch.nn.init.zeros_(generator.projector.bias)
+        generator.projector.requires_grad_(False)
+        generator.llm.requires_grad_(True)
+        self.model = _LanguageModel(generator)
 
     def param_groups(self, model, cfg):
-        return [{"params": list(model.parameters()), "lr": cfg.lr}]
-
-    def _batch(self, texts, device):
-        enc = self.tok([self.prompt + t + self.tok.eos_token for t in texts], return_tensors="pt", padding=True,
-                       truncation=True, max_length=self.max_tokens)
-        ids, mask = enc.input_ids.to(device), enc.attention_mask.to(device)
-        return ids, mask, ids.masked_fill(mask == 0, -100)
+        return [{"params": list(model.llm.parameters()), "lr": cfg.lr}]
 
     def loss(self, model, batch, device):
-        ids, mask, labels = self._batch(list(batch["text"]), device)
-        return model(input_ids=ids, attention_mask=mask, labels=labels).loss, {}
+        return model(list(batch["text"])), {}
 
     @torch.no_grad()
     def evaluate(self, model, loader, device) -> dict:
@@ -199,7 +213,7 @@ class LanguageModelTask:
         return {"val_loss": total / max(n, 1)}
 
     def save_best(self, path, model, metrics):
-        atomic_torch_save({"state": model.state_dict(), "metrics": metrics}, path)
+        atomic_torch_save({"state": model.llm.state_dict(), "metrics": metrics}, path)
 
 
 class _Texts(Dataset):
@@ -232,7 +246,7 @@ def simulated_reports(n: int, seed: int = 424242) -> list[str]:
 def train_tiny_llm(cfg: TrainConfig, train_texts: list[str], val_texts: list[str], out_dir: Path, log=None,
                    ctx: DistContext | None = None) -> Path:
     """Train (or reuse) the tiny Mistral on report text; returns its Hugging Face model folder."""
-    from ..models.report_generator import PROMPT_PREFIX, PROMPT_SUFFIX, default_instruction
+    from ..models.report_generator import ReportGenerator
     from ..models.tiny_mistral import build_mistral, tiny_mistral_config
     from ..models.tokenizers import mistral_tokenizer
 
@@ -243,9 +257,9 @@ def train_tiny_llm(cfg: TrainConfig, train_texts: list[str], val_texts: list[str
     opt = t.optim
     llm = build_mistral(tiny_mistral_config(t.hidden_size, t.num_layers, t.num_heads, t.num_kv_heads,
                                             t.intermediate_size), seed=opt.seed)
-    tok = mistral_tokenizer()
-    prompt = PROMPT_PREFIX + default_instruction() + PROMPT_SUFFIX + " "
-    task = LanguageModelTask(llm, tok, prompt, max_tokens=cfg.report.max_report_tokens + 96)
+    generator = ReportGenerator(llm, mistral_tokenizer(), feature_dim=1, n_image_tokens=cfg.report.image_tokens,
+                                max_report_tokens=cfg.report.max_report_tokens)
+    task = LanguageModelTask(generator)
     from .common import make_loader
 
     fit(task, make_loader(_Texts(train_texts), opt.batch_size, True, 0, None, opt.seed),
