@@ -18,6 +18,7 @@ import re
 from pathlib import Path
 
 from renalclip_lib.errors import MissingFileError, RenalCLIPError
+from renalclip_lib.json_files import read_json_object
 from renalclip_lib.tasks import RENAL_COMPONENTS, TASKS
 
 SCHEMA_VERSION = 1
@@ -30,13 +31,9 @@ def load_assessment(path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise MissingFileError(path, "assessment file not found")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise RenalCLIPError(path, f"not a readable assessment JSON ({exc})") from None
-    if not isinstance(data, dict) or data.get("schema_version") != SCHEMA_VERSION:
-        version = data.get("schema_version") if isinstance(data, dict) else None
-        raise RenalCLIPError(path, f"assessment schema version {version!r}, expected {SCHEMA_VERSION}")
+    data = read_json_object(path, RenalCLIPError)
+    if data.get("schema_version") != SCHEMA_VERSION:
+        raise RenalCLIPError(path, f"assessment schema version {data.get('schema_version')!r}, expected {SCHEMA_VERSION}")
     return data
 
 

@@ -29,13 +29,13 @@ Usage::
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import RenalCLIPError
+from ..json_files import read_json_object
 
 BLANK = "____"
 RELEASED_TASK_NAMES = {"BMC": "malignancy", "IC": "aggressiveness"}
@@ -57,14 +57,7 @@ def default_prompt_file() -> Path:
 def load_prompt_file(path=None) -> dict[str, dict[int, list[str]]]:
     """{task: {class: [prompt texts]}} from a prompt file (default: the released one)."""
     path = Path(path) if path is not None else default_prompt_file()
-    if not path.is_file():
-        raise PromptFileError(path, "prompt file not found")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise PromptFileError(path, f"not valid JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise PromptFileError(path, "expected an object with 'templates' and 'attributes'")
+    data = read_json_object(path, PromptFileError, missing="prompt file not found")
     templates = data.get("templates")
     if not isinstance(templates, list) or not templates:
         raise PromptFileError(path, "missing or empty 'templates' (a list of sentences with a ____ blank)")

@@ -37,6 +37,7 @@ import numpy as np
 
 from ..atomic import atomic_write_json
 from ..errors import MissingFileError, RenalCLIPError
+from ..json_files import read_json_object
 
 BUNDLE_FORMAT = "renalclip-bundle"
 BUNDLE_SCHEMA_VERSION = 1
@@ -311,10 +312,7 @@ def read_manifest(path) -> dict:
         raise MissingFileError(path, "bundle folder not found")
     if not mf.exists():
         raise InvalidBundleError(path, f"not a bundle: no {MANIFEST} (build one with `renalclip bundle`)")
-    try:
-        manifest = json.loads(mf.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise InvalidBundleError(mf, f"unreadable JSON ({exc.msg} at line {exc.lineno})") from None
+    manifest = read_json_object(mf, InvalidBundleError)
     if manifest.get("format") != BUNDLE_FORMAT:
         raise InvalidBundleError(mf, f"unknown format {manifest.get('format')!r}")
     if int(manifest.get("schema_version", 0)) > BUNDLE_SCHEMA_VERSION:

@@ -31,6 +31,7 @@ import numpy as np
 from ..atomic import atomic_path, atomic_write_json
 from ..constants import CROP_SHAPE_XYZ, ROI_SHAPE_XYZ, SIDES
 from ..errors import InvalidImageError, ManifestError, MissingFileError, RenalCLIPError, UnreadableFileError
+from ..json_files import read_json_object
 from .bundle import MANIFEST as BUNDLE_MANIFEST
 from .bundle import InvalidBundleError, sha256_file
 
@@ -237,13 +238,9 @@ def load_index(path) -> CohortIndex:
     for f in (jf, nf):
         if not f.is_file():
             raise CohortIndexError(f, "missing: not a complete cohort index (build one with `renalclip index-cohort`)")
-    try:
-        meta = json.loads(jf.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CohortIndexError(jf, f"unreadable JSON ({str(exc).splitlines()[0][:120]})") from None
-    if not isinstance(meta, dict) or meta.get("format") != INDEX_FORMAT:
-        found = meta.get("format") if isinstance(meta, dict) else None
-        raise CohortIndexError(jf, f"not a cohort index (format {found!r})")
+    meta = read_json_object(jf, CohortIndexError)
+    if meta.get("format") != INDEX_FORMAT:
+        raise CohortIndexError(jf, f"not a cohort index (format {meta.get('format')!r})")
     if int(meta.get("version", 0)) > INDEX_VERSION:
         raise CohortIndexError(jf, f"index version {meta.get('version')} is newer than this software reads "
                                    f"({INDEX_VERSION}); update renalclip_lib")

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import RenalCLIPError
+from ..json_files import read_json_object
 
 KINDS = ("bert", "llm2vec")
 DEFAULT_MAX_LENGTH = 224
@@ -272,13 +273,7 @@ def load_text_encoder(spec: dict) -> TextEncoder:
 def read_spec_file(path) -> dict:
     """A spec stored as JSON (the text stage writes ``encoder.json``); relative paths resolve beside it."""
     p = Path(path)
-    if not p.is_file():
-        raise TextEncoderError(p, "text encoder spec file not found")
-    try:
-        spec = json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise TextEncoderError(p, f"not valid JSON ({exc})") from None
-    spec = normalise_spec(spec, p)
+    spec = normalise_spec(read_json_object(p, TextEncoderError, missing="text encoder spec file not found"), p)
     spec["path"] = str((p.parent / spec["path"]).resolve())
     spec["adapters"] = [str((p.parent / a).resolve()) for a in spec["adapters"]]
     return spec

@@ -116,14 +116,9 @@ def _lookup_table(mapping: dict[int, int]) -> np.ndarray:
 
 
 def _load_json(path: Path) -> dict:
-    try:
-        with open(path, encoding="utf-8") as fh:
-            obj = json.load(fh)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidModelError(path, f"unreadable JSON ({exc})") from None
-    if not isinstance(obj, dict):
-        raise InvalidModelError(path, "expected a JSON object")
-    return obj
+    from ..json_files import read_json_object
+
+    return read_json_object(path, InvalidModelError)
 
 
 def _hint(folder: Path) -> str:
