@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from ..atomic import atomic_path, atomic_write_json
-from ..constants import CROP_SHAPE_XYZ, ROI_SHAPE_XYZ, SIDES
+from ..constants import CROP_SHAPE_XYZ, ROI_SHAPE_XYZ
 from ..errors import InvalidImageError, ManifestError, MissingFileError, RenalCLIPError, UnreadableFileError
 from ..json_files import read_json_object
 from .bundle import MANIFEST as BUNDLE_MANIFEST
@@ -112,19 +112,6 @@ def _text_spec(meta: dict, source) -> dict | None:
 
 
 # ----------------------------------------------------------------------------- building
-def _kidney_reports(manifest) -> dict:
-    """{(patient_id, side): (findings, impression)} as the manifest holds them."""
-    from ..data.manifest import read_manifest
-    from ..text.reports import has_report
-
-    table = read_manifest(manifest, check_files=False)
-    out = {}
-    for pid, rows in table.by_patient().items():
-        for side in SIDES:
-            out[(pid, side)] = next((r.report(side) for r in rows if has_report(*r.report(side))), ("", ""))
-    return out
-
-
 def _select_cases(manifest, cohorts, on_error: str):
     from ..data.manifest_cases import cases_from_manifest
 
@@ -175,7 +162,7 @@ def build_index(out_dir, clip, manifest, cache=None, cohorts=None, device: str =
     import torch
 
     from ..data.datasets import RoiDataset
-    from ..training.clip_stage import embed_images
+    from ..training.clip_stage import embed_images, reports_by_patient
 
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
@@ -186,7 +173,7 @@ def build_index(out_dir, clip, manifest, cache=None, cohorts=None, device: str =
     if log and spec is None:
         log(f"{ckpt}: no text encoder recorded in the checkpoint: the index serves image queries only")
     cases, problems = _select_cases(manifest, cohorts, on_error)
-    reports = _kidney_reports(manifest)
+    reports = reports_by_patient(manifest)
     created = not out.exists()
     try:
         cache_dir, rois, units, skipped = _kidney_units(cases, cache, out, on_error, log)
@@ -203,7 +190,7 @@ def build_index(out_dir, clip, manifest, cache=None, cohorts=None, device: str =
         rows = [u.first for u in units]
         entries = []
         for u, r in zip(units, rows):
-            findings, impression = reports.get((r["patient_id"], r["side"]), ("", ""))
+            findings, impression = reports.get(r["patient_id"], {}).get(r["side"], ("", ""))
             entries.append({"patient_id": r["patient_id"], "side": r["side"], "cohort": r["cohort"],
                             "split": r.get("split", ""), "phase": u.eval_phase(),
                             "findings": findings, "impression": impression})

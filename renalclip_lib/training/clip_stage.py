@@ -59,11 +59,16 @@ ZEROSHOT_TASKS = ("malignancy", "aggressiveness")
 # ----------------------------------------------------------------------------- reports and units
 def manifest_reports(cfg: TrainConfig) -> dict[str, dict]:
     """{patient_id: {"left": (findings, impression), "right": ..., "lesion_side": side}} from the manifest."""
-    from ..data.manifest import read_manifest
-
     if not cfg.data.manifest:
         raise ConfigError(cfg.source, "'data.manifest' is not set: the clip stages read the reports from the manifest")
-    table = read_manifest(cfg.data.manifest, on_error=cfg.data.on_bad_row, check_files=False)
+    return reports_by_patient(cfg.data.manifest, cfg.data.on_bad_row)
+
+
+def reports_by_patient(manifest, on_error: str = "fail") -> dict[str, dict]:
+    """``manifest_reports`` of a manifest file: each kidney's first report found among the patient's rows."""
+    from ..data.manifest import read_manifest
+
+    table = read_manifest(manifest, on_error=on_error, check_files=False)
     out = {}
     for pid, rows in table.by_patient().items():
         entry = {"lesion_side": next((r["lesion_side"] for r in rows if r["lesion_side"]), "")}
