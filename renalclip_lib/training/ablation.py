@@ -102,7 +102,7 @@ def run_ablation(cfg: TrainConfig, run_dir, log=None) -> dict:
             log(f"ablation: {variant} (image {VARIANTS[variant][0]}, text {vcfg.clip.text_encoder})")
         run_clip(vcfg, vdir, log)
         external = {r["cohort"] for r in cohort_groups(cfg, _cohort_rows(vdir))[GROUP]}
-        row = {"image_init": VARIANTS[variant][0], "text_encoder": vcfg.clip.text_encoder,
+        row = {"image_init": VARIANTS[variant][0], "text_side": VARIANTS[variant][1], "text_encoder": vcfg.clip.text_encoder,
                **retrieval_summary(vdir / "clip" / "embeddings.npz", external)}
         zs = vdir / "clip" / "zeroshot.json"
         if zs.exists():
@@ -125,6 +125,12 @@ def _cohort_rows(vdir: Path) -> list[dict]:
         return [{"cohort": str(c)} for c in z["cohort"]]
 
 
+def _text_label(row: dict) -> str:
+    path = Path(row["text_encoder"])
+    name = "text stage" if path.name == "encoder.json" and path.parent.name == "text" else path.name
+    return f"{row['text_side']} ({name})"
+
+
 def _fmt(v) -> str:
     return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
 
@@ -133,11 +139,11 @@ def render_markdown(results: dict) -> str:
     """One table: a row per metric, a column per variant, the best of each row in bold."""
     names = list(results)
     first = results[names[0]]
-    keys = [k for k in first if k not in ("image_init", "text_encoder", "n") and not k.startswith("chance@")]
+    keys = [k for k in first if k not in ("image_init", "text_side", "text_encoder", "n") and not k.startswith("chance@")]
     lines = [f"### Pre-training ablation, external cohorts combined (n = {first.get('n', 0)})", "",
              "| metric | " + " | ".join(names) + " |", "|---|" + "---|" * len(names),
              "| image encoder | " + " | ".join(results[v]["image_init"] for v in names) + " |",
-             "| text encoder | " + " | ".join(Path(results[v]["text_encoder"]).name for v in names) + " |"]
+             "| text encoder | " + " | ".join(_text_label(results[v]) for v in names) + " |"]
     for key in keys:
         vals = [results[v].get(key) for v in names]
         finite = [x for x in vals if x is not None and not math.isnan(x)]
