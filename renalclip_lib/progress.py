@@ -56,6 +56,13 @@ class ProgressReporter:
     def result(self, **payload: Any) -> None:
         self._emit("result", payload)
 
+    def print_result(self, payload: dict) -> None:
+        """A command's outcome: the ``result`` event with JSON lines, else indented JSON on stdout."""
+        if self.json_lines:
+            self.result(**payload)
+        else:
+            print(json.dumps(payload, indent=2))
+
     def error(self, message: str, exit_code: int) -> None:
         self._emit("error", {"message": message, "exit_code": int(exit_code)})
 

@@ -71,10 +71,7 @@ def cmd_analyze(args) -> int:
     a.write(out)
     payload = {"assessment": str(out), "summary": a.summary(), "summary_line": a.summary_line(),
                "panel": args.panel, "warnings": a.warnings}
-    if rep.json_lines:
-        rep.result(**payload)
-    else:
-        print(json.dumps(payload, indent=2))
+    rep.print_result(payload)
     return EXIT_OK
 
 
@@ -100,10 +97,7 @@ def cmd_batch(args) -> int:
     result = run_batch(args.manifest, args.bundle, args.out, device=args.device, segment_with=args.segment_with,
                        report=args.report, evaluate=not args.no_evaluate, n_boot=args.bootstrap, reporter=rep,
                        show_bar=not args.quiet)
-    if rep.json_lines:
-        rep.result(**result)
-    else:
-        print(json.dumps(result, indent=2))
+    rep.print_result(result)
     return EXIT_OK
 
 
@@ -118,10 +112,7 @@ def cmd_index_cohort(args) -> int:
     index = load_index(out)
     payload = {**index_summary(index), "skipped": index.meta.get("skipped", [])}
     rep.progress("done", 1.0, f"{len(index)} kidneys indexed in {out}")
-    if rep.json_lines:
-        rep.result(**payload)
-    else:
-        print(json.dumps(payload, indent=2))
+    rep.print_result(payload)
     return EXIT_OK
 
 
