@@ -1,6 +1,9 @@
 """Reading the project's small JSON files (bundle, index, spec, prompt, assessment) with one clear error.
 
-Usage: ``meta = read_json_object(path, InvalidBundleError, missing="not a bundle: no bundle.json")``
+Usage::
+
+    meta = read_json_object(path, InvalidBundleError, missing="not a bundle: no bundle.json")
+    meta = read_format_file(path, CohortIndexError, "renalclip-cohort-index", "version", 1)
 """
 from __future__ import annotations
 
@@ -24,4 +27,17 @@ def read_json_object(path, error: type[RenalCLIPError] = RenalCLIPError, missing
         raise error(path, f"unreadable JSON file ({str(exc).splitlines()[0][:160]})") from None
     if not isinstance(obj, dict):
         raise error(path, f"expected a JSON object, found {type(obj).__name__}")
+    return obj
+
+
+def read_format_file(path, error: type[RenalCLIPError], fmt: str, version_key: str, max_version: int) -> dict:
+    """``read_json_object`` of a file that names its ``format`` and a version: ``error`` when the
+    format differs or the version is newer than ``max_version`` (this software cannot read it)."""
+    obj = read_json_object(path, error)
+    if obj.get("format") != fmt:
+        raise error(path, f"unknown format {obj.get('format')!r}, expected {fmt!r}")
+    version = obj.get(version_key, 0)
+    if not isinstance(version, int) or version > max_version:
+        raise error(path, f"{version_key} {version!r} is newer than this software reads ({max_version}); "
+                          "update renalclip_lib")
     return obj

@@ -37,7 +37,7 @@ import numpy as np
 
 from ..atomic import atomic_write_json
 from ..errors import MissingFileError, RenalCLIPError
-from ..json_files import read_json_object
+from ..json_files import read_format_file
 
 BUNDLE_FORMAT = "renalclip-bundle"
 BUNDLE_SCHEMA_VERSION = 1
@@ -312,13 +312,7 @@ def read_manifest(path) -> dict:
         raise MissingFileError(path, "bundle folder not found")
     if not mf.exists():
         raise InvalidBundleError(path, f"not a bundle: no {MANIFEST} (build one with `renalclip bundle`)")
-    manifest = read_json_object(mf, InvalidBundleError)
-    if manifest.get("format") != BUNDLE_FORMAT:
-        raise InvalidBundleError(mf, f"unknown format {manifest.get('format')!r}")
-    if int(manifest.get("schema_version", 0)) > BUNDLE_SCHEMA_VERSION:
-        raise InvalidBundleError(mf, f"schema version {manifest.get('schema_version')} is newer than this "
-                                     f"software reads ({BUNDLE_SCHEMA_VERSION}); update renalclip_lib")
-    return manifest
+    return read_format_file(mf, InvalidBundleError, BUNDLE_FORMAT, "schema_version", BUNDLE_SCHEMA_VERSION)
 
 
 def verify_bundle(path) -> dict:

@@ -31,7 +31,7 @@ import numpy as np
 from ..atomic import atomic_path, atomic_write_json
 from ..constants import CROP_SHAPE_XYZ, ROI_SHAPE_XYZ
 from ..errors import InvalidImageError, ManifestError, MissingFileError, RenalCLIPError, UnreadableFileError
-from ..json_files import read_json_object
+from ..json_files import read_format_file
 from .bundle import MANIFEST as BUNDLE_MANIFEST
 from .bundle import InvalidBundleError, sha256_file
 
@@ -225,12 +225,7 @@ def load_index(path) -> CohortIndex:
     for f in (jf, nf):
         if not f.is_file():
             raise CohortIndexError(f, "missing: not a complete cohort index (build one with `renalclip index-cohort`)")
-    meta = read_json_object(jf, CohortIndexError)
-    if meta.get("format") != INDEX_FORMAT:
-        raise CohortIndexError(jf, f"not a cohort index (format {meta.get('format')!r})")
-    if int(meta.get("version", 0)) > INDEX_VERSION:
-        raise CohortIndexError(jf, f"index version {meta.get('version')} is newer than this software reads "
-                                   f"({INDEX_VERSION}); update renalclip_lib")
+    meta = read_format_file(jf, CohortIndexError, INDEX_FORMAT, "version", INDEX_VERSION)
     if meta.get("npz_sha256") and sha256_file(nf) != meta["npz_sha256"]:
         raise CohortIndexError(nf, "does not match index.json (altered, or from another build): rebuild the index")
     try:

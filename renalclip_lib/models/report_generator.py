@@ -25,7 +25,7 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -33,6 +33,7 @@ from torch import nn
 
 from ..errors import MissingFileError, RenalCLIPError
 from ..extraction.report_text import format_report, split_report  # noqa: F401  (re-exported)
+from .decoding import DecodingOptions  # noqa: F401  (re-exported)
 from .tokenizers import TokenizerError, check_special_tokens
 
 CONFIG_FILE = "report_generator.json"
@@ -46,14 +47,6 @@ COPY_LLM_MAX_BYTES = 1 << 30      # LLM folders up to 1 GiB are copied into a sa
 
 class LLMFolderError(RenalCLIPError):
     """An LLM folder is missing, unreadable or of an architecture the generator cannot drive."""
-
-
-@dataclass
-class DecodingOptions:
-    num_beams: int = 4
-    repetition_penalty: float = 1.2
-    no_repeat_ngram_size: int = 3
-    max_new_tokens: int = 256
 
 
 def default_instruction() -> str:

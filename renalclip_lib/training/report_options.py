@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..models.decoding import DecodingOptions
 from .options import OptimOptions
 
 
@@ -44,12 +45,9 @@ class LoraOptions:
 
 
 @dataclass
-class DecodingConfig:
+class DecodingConfig(DecodingOptions):
+    """The generator's decoding settings plus ``greedy`` (one beam for the stage's predictions)."""
     greedy: bool = False
-    num_beams: int = 4
-    repetition_penalty: float = 1.2
-    no_repeat_ngram_size: int = 3
-    max_new_tokens: int = 256
 
 
 @dataclass

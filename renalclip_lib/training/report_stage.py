@@ -278,6 +278,8 @@ def train_tiny_llm(cfg: TrainConfig, train_texts: list[str], val_texts: list[str
 
 # ----- the stage -------------------------------------------------------------------------------
 def _generator(cfg: TrainConfig, llm_dir: Path, feature_dim: int, device):
+    from dataclasses import asdict
+
     from ..models.report_generator import DecodingOptions, ReportGenerator, load_llm
     from ..models.tokenizers import mistral_tokenizer
 
@@ -290,10 +292,9 @@ def _generator(cfg: TrainConfig, llm_dir: Path, feature_dim: int, device):
         tok = load_tokenizer(tok_dir)
     else:
         tok = mistral_tokenizer()
-    d = rc.decoding
-    gen = ReportGenerator(llm, tok, feature_dim, rc.image_tokens, decoding=DecodingOptions(
-        d.num_beams, d.repetition_penalty, d.no_repeat_ngram_size, d.max_new_tokens),
-        max_report_tokens=rc.max_report_tokens, llm_source=llm_dir)
+    decoding = DecodingOptions(**{k: v for k, v in asdict(rc.decoding).items() if k != "greedy"})
+    gen = ReportGenerator(llm, tok, feature_dim, rc.image_tokens, decoding=decoding,
+                          max_report_tokens=rc.max_report_tokens, llm_source=llm_dir)
     gen.freeze_llm()
     return gen
 
