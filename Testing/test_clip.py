@@ -96,7 +96,8 @@ ctx.close()
 
 def _run(args, env):
     out = subprocess.run(args, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
-    assert out.returncode == 0, out.stderr[-2000:]
+    causes = [ln for ln in out.stderr.splitlines() if "what()" in ln or "Error" in ln or "terminate" in ln]
+    assert out.returncode == 0, "\n".join(causes[:20]) + "\n...\n" + out.stderr[-1500:]
     line = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")][-1]
     return json.loads(line[len("RESULT "):])
 

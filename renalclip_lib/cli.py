@@ -118,13 +118,23 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _leave_process_group(ok: bool) -> None:
+    """A torchrun worker meets its peers before it exits (torch is only imported if a stage used it)."""
+    if "torch.distributed" in sys.modules:
+        from .training.distributed import shutdown
+
+        shutdown(wait_for_peers=ok)
+
+
 def main(argv=None) -> int:
     import os
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = build_parser().parse_args(argv)
     try:
-        return int(args.func(args))
+        code = int(args.func(args))
+        _leave_process_group(ok=code == 0)
+        return code
     except RenalCLIPError as exc:
         print(f"renalclip: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

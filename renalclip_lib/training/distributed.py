@@ -11,6 +11,7 @@ Usage::
 """
 from __future__ import annotations
 
+import atexit
 import os
 from dataclasses import dataclass
 
@@ -46,6 +47,7 @@ class DistContext:
             dev = torch.device("cpu")
         if world > 1 and not dist.is_initialized():
             dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+            atexit.register(_destroy)
         return cls(rank, world, local, dev)
 
     def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
@@ -76,8 +78,30 @@ class DistContext:
         return float(t.item()) / self.world_size
 
     def close(self) -> None:
-        if self.distributed and dist.is_initialized():
-            dist.destroy_process_group()
+        """Wait for every rank, then take the group down (see ``shutdown``)."""
+        if self.distributed:
+            shutdown()
+
+
+def shutdown(wait_for_peers: bool = True) -> None:
+    """End this process's part in the process group, if it has one.
+
+    With ``wait_for_peers`` every rank first meets at a barrier, so no rank closes its connections
+    while a peer still uses them (Gloo aborts a process whose peer vanished mid-exchange). After a
+    failure pass ``False``: the peers may be stuck in another collective and torchrun stops them.
+
+    Usage: ``shutdown()`` at the end of a torchrun worker.
+    """
+    if not dist.is_available() or not dist.is_initialized():
+        return
+    if wait_for_peers:
+        dist.barrier()
+    dist.destroy_process_group()
+
+
+def _destroy() -> None:
+    """At interpreter exit: destroy a group still open, while Python can still free its tensors."""
+    shutdown(wait_for_peers=False)
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
