@@ -291,3 +291,16 @@ def test_metric_helpers_match_scikit_learn():
     assert np.isnan(auc_score(np.ones(5), rng.random(5)))
     w = class_weights(np.array([0, 0, 0, 1, np.nan]), 3)
     assert w[2] == 0 and w[1] == pytest.approx(3 * w[0]) and w[:2].mean() == pytest.approx(1.0)
+
+
+def test_shutdown_leaves_the_process_group_and_is_a_no_op_without_one(tmp_path):
+    import torch.distributed as dist
+
+    from renalclip_lib.training.distributed import shutdown
+
+    shutdown()
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    assert dist.is_initialized()
+    shutdown()
+    assert not dist.is_initialized()
+    shutdown(wait_for_peers=False)
