@@ -47,7 +47,7 @@ class DistContext:
             dev = torch.device("cpu")
         if world > 1 and not dist.is_initialized():
             dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-            atexit.register(_destroy)
+            atexit.register(shutdown, wait_for_peers=False)   # a group still open, while Python can free its tensors
         return cls(rank, world, local, dev)
 
     def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
@@ -97,11 +97,6 @@ def shutdown(wait_for_peers: bool = True) -> None:
     if wait_for_peers:
         dist.barrier()
     dist.destroy_process_group()
-
-
-def _destroy() -> None:
-    """At interpreter exit: destroy a group still open, while Python can still free its tensors."""
-    shutdown(wait_for_peers=False)
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
