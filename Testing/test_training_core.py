@@ -7,7 +7,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from renalclip_lib.config import load_config  # noqa: E402
-from renalclip_lib.data.augment import TrainAugment  # noqa: E402
+from renalclip_lib.data.augment import DeviceAugment, TrainAugment, train_augment  # noqa: E402
 from renalclip_lib.data.datasets import RoiDataset, group_units  # noqa: E402
 from renalclip_lib.data.roi_cache import CaseImages, build_cache, open_cache  # noqa: E402
 from renalclip_lib.errors import ConfigError, MissingFileError, RenalCLIPError  # noqa: E402
@@ -230,6 +230,107 @@ def test_roi_cache_bad_rows_fail_or_skip(tmp_path):
     out, skipped = build_cache([good, bad], tmp_path / "c2", "lesion", on_error="skip")
     rois, index = open_cache(out, "lesion")
     assert len(rois) == 2 and {r["patient_id"] for r in index} == {"ok"} and len(skipped) == 2
+
+
+def _monai_reference(hu: np.ndarray, p: np.ndarray) -> torch.Tensor:
+    """Table 40 with MONAI's deterministic transforms and the given parameters, one ROI (z, y, x) HU."""
+    from monai.transforms import AdjustContrast, Affine, Flip, ScaleIntensity, ShiftIntensity, SpatialCrop
+
+    from renalclip_lib.preprocess.roi import window
+
+    x = torch.as_tensor(window(hu))[None]
+    x = Affine(rotate_params=tuple(float(v) for v in p[0:3]), translate_params=(0.0, float(p[3]), float(p[4])),
+               scale_params=(1.0, float(p[5]), float(p[6])), mode="bilinear", padding_mode="zeros", image_only=True)(x)
+    y0, x0 = int(p[7]), int(p[8])
+    x = SpatialCrop(roi_start=(0, y0, x0), roi_end=(32, y0 + 128, x0 + 128))(x)
+    if p[9]:
+        x = Flip(spatial_axis=2)(x)
+    x = ShiftIntensity(offset=float(p[11]))(ScaleIntensity(minv=None, maxv=None, factor=float(p[10]))(x))
+    if p[12]:
+        x = AdjustContrast(gamma=float(p[13]))(x)
+    return torch.as_tensor(x).float().permute(0, 1, 3, 2)
+
+
+def test_device_augment_is_monai_table_40_on_a_whole_batch():
+    """One batched resampling gives what MONAI's Affine, SpatialCrop, Flip, ScaleIntensity,
+    ShiftIntensity and AdjustContrast give for each ROI with the same parameters."""
+    rng = np.random.default_rng(5)
+    hu = rng.normal(60, 250, (4, 1, 32, 140, 140)).astype(np.int16)
+    aug = DeviceAugment(flip=True)
+    params = np.stack([aug.draw(np.random.default_rng(s)) for s in range(4)])
+    params[:, 9] = [1, 0, 1, 0]
+    params[:, 12] = [1, 1, 0, 0]
+    params[3, 7:9] = [0, 12]
+    out = aug(torch.as_tensor(hu), torch.as_tensor(params))
+    assert out.shape == (4, 1, 32, 128, 128) and out.dtype == torch.float32
+    for i in range(4):
+        torch.testing.assert_close(out[i], _monai_reference(hu[i, 0], params[i]), atol=1e-4, rtol=1e-4)
+
+
+def test_device_augment_without_randomness_is_the_model_input():
+    from renalclip_lib.preprocess import to_model_input
+
+    hu = np.random.default_rng(2).normal(40, 200, (32, 140, 140)).astype(np.int16)
+    aug = DeviceAugment(flip=False, affine=False, intensity=False)
+    p = aug.draw(np.random.default_rng(0))
+    p[7:9] = 6
+    assert p[[0, 1, 2, 3, 4, 9, 10, 11, 12]].tolist() == [0] * 9 and p[5:7].tolist() == [1, 1]
+    x = aug(torch.as_tensor(hu)[None, None], torch.as_tensor(p)[None])[0].numpy()
+    np.testing.assert_allclose(x, to_model_input(hu.astype(np.float32)), atol=1e-4)
+
+
+def test_device_augment_draws_the_table_40_ranges():
+    rng = np.random.default_rng(0)
+    keep_sides = np.stack([DeviceAugment(flip=False).draw(rng) for _ in range(2000)])
+    both = np.stack([DeviceAugment(flip=True).draw(rng) for _ in range(2000)])
+    assert keep_sides[:, 9].max() == 0 and 0.45 < both[:, 9].mean() < 0.55       # no flip in pre-training
+    for p in (keep_sides, both):
+        assert np.abs(p[:, 0:3]).max() <= np.pi / 10 and np.abs(p[:, 0:3]).max() > 0.3
+        assert np.abs(p[:, 3:5]).max() <= 10 and np.abs(p[:, 5:7] - 1).max() <= 0.1
+        assert set(p[:, 7].astype(int)) == set(range(13)) == set(p[:, 8].astype(int))
+        assert np.abs(p[:, 10:12]).max() <= 0.1 and 0.45 < p[:, 12].mean() < 0.55
+        assert 0.5 <= p[:, 13].min() and p[:, 13].max() <= 2.0
+
+
+def test_train_augment_picks_the_device_on_a_gpu_only():
+    assert isinstance(train_augment(True, 0, "auto", "cpu"), TrainAugment)
+    assert isinstance(train_augment(True, 0, "auto", "cuda"), DeviceAugment)
+    assert isinstance(train_augment(False, 0, "device", "cpu"), DeviceAugment)
+    assert isinstance(train_augment(True, 0, "cpu", "cuda"), TrainAugment)
+    with pytest.raises(ConfigError, match="augment_on"):
+        OptimOptions(augment_on="gpu").validate("x.yaml")
+
+
+def test_loop_augments_the_batch_on_the_device(tmp_path):
+    """The dataset hands raw ROIs and parameters to the loader; the loop's batch is augmented."""
+    from renalclip_lib.training.common import make_loader
+
+    rois = np.random.default_rng(3).normal(40, 200, (6, 32, 140, 140)).astype(np.int16)
+    units = group_units([{"row": str(i), "unit": f"u{i // 2}", "patient_id": f"p{i // 2}", "phase": "AV"[i % 2]}
+                         for i in range(6)])
+    ds = RoiDataset(rois, units, np.arange(3, dtype=np.float32)[:, None], augment=DeviceAugment(flip=True), seed=0)
+    item = ds[(0, 1)]
+    assert item["image"].dtype == torch.int16 and item["image"].shape == (1, 32, 140, 140)
+    assert item["aug"].shape == (14,) and torch.equal(item["aug"], ds[(0, 1)]["aug"])
+    phase = next(ph for ph, r in units[1].rows.items() if np.array_equal(rois[int(r["row"])], item["image"][0].numpy()))
+    assert phase in "AV"
+    seen = []
+
+    class Task(_ToyTask):
+        def __init__(self):
+            super().__init__()
+            self.model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.LazyLinear(1))
+
+        def loss(self, model, batch, device):
+            seen.append(batch["image"].shape)
+            x = batch["image"].mean(dim=(2, 3, 4))
+            return torch.nn.functional.mse_loss(model(x).squeeze(-1), batch["target"][:, 0]), {}
+
+    task = Task()
+    task.model(torch.zeros(1, 1))
+    fit(task, make_loader(ds, 3, True, seed=0), None, tmp_path / "run",
+        OptimOptions(epochs=1, lr=0.01, amp="fp32", progress=False, select_metric="train_loss"))
+    assert seen == [(3, 1, 32, 128, 128)]
 
 
 def test_dataset_draws_every_available_phase_in_training():

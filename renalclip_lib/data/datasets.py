@@ -62,6 +62,10 @@ def parse_label(value: str) -> float:
 class RoiDataset(Dataset):
     """Yields ``{"image": (1, 32, 128, 128), "target": (T,), "index": i}``.
 
+    With an ``augment`` that runs on the training device (``data.augment.DeviceAugment``), ``image``
+    is the raw cached ROI (1, 32, 140, 140) and ``aug`` its drawn parameters; the training loop
+    augments the batch (``DeviceAugment.apply_batch``).
+
     ``targets`` is an (n_units, T) float array (NaN = unknown). With ``augment`` set, a random
     available phase is drawn per item; otherwise the evaluation phase (or ``phases`` fused by the
     caller) is used with the centre crop.
@@ -91,6 +95,12 @@ class RoiDataset(Dataset):
     def __getitem__(self, key) -> dict:
         i = key[1] if isinstance(key, tuple) else key
         unit = self.units[i]
+        if getattr(self.augment, "on_device", False):
+            rng = self.item_rng(key)
+            phase = list(unit.rows)[int(rng.integers(len(unit.rows)))]
+            raw = torch.from_numpy(np.array(self.rois[int(unit.rows[phase]["row"])]))[None]
+            return {"image": raw, "aug": torch.from_numpy(self.augment.draw(rng)),
+                    "target": torch.from_numpy(self.targets[i]), "index": i}
         if self.augment is not None:
             rng = self.item_rng(key)
             phase = list(unit.rows)[int(rng.integers(len(unit.rows)))]

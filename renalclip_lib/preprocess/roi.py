@@ -95,6 +95,12 @@ def window(hu: np.ndarray, level: float = WINDOW_LEVEL_HU, width: float = WINDOW
     return np.clip((np.asarray(hu, np.float32) - np.float32(lo)) / np.float32(width), 0.0, 1.0)
 
 
+def window_torch(hu, level: float = WINDOW_LEVEL_HU, width: float = WINDOW_WIDTH_HU):
+    """``window`` for a torch tensor of any dtype, on its device (float32 result)."""
+    lo = level - width / 2.0
+    return ((hu.float() - lo) / width).clamp(0.0, 1.0)
+
+
 def to_model_input(roi: Volume, crop: str = "center", rng: np.random.Generator | None = None) -> np.ndarray:
     """Windowed 128 x 128 x 32 crop of an ROI as float32 (1, 32, 128, 128) in (z, x, y) order.
 

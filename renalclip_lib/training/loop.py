@@ -122,6 +122,8 @@ def fit(task: StageTask, train_loader, val_loader, out_dir, cfg: OptimOptions,
         t0, n_seen, loss_sum, first_loss = time.time(), 0, 0.0, None
         bar = _progress(train_loader, cfg.progress and ctx.is_main, f"epoch {epoch + 1}/{cfg.epochs}")
         for batch in bar:
+            if isinstance(batch, dict) and "aug" in batch:
+                batch = train_loader.dataset.augment.apply_batch(batch, ctx.device)
             with torch.autocast(device_type=ctx.device.type, dtype=torch.bfloat16, enabled=use_amp):
                 loss, _ = task.loss(model, batch, ctx.device)
             optimizer.zero_grad(set_to_none=True)

@@ -22,6 +22,7 @@ class OptimOptions:
     amp: str = "bf16"                     # "bf16" (on GPU; CPU runs stay fp32) or "fp32"
     seed: int = 0
     num_workers: int = 0
+    augment_on: str = "auto"              # "auto" (the GPU when training on one), "cpu" (loader workers), "device"
     select_metric: str = "val_loss"
     select_mode: str = "min"              # "min" or "max"
     progress: bool = True
@@ -38,6 +39,7 @@ class OptimOptions:
             (self.amp in ("bf16", "fp32"), "amp must be 'bf16' or 'fp32'"),
             (self.select_mode in ("min", "max"), "select_mode must be 'min' or 'max'"),
             (self.num_workers >= 0, "num_workers must be >= 0"),
+            (self.augment_on in ("auto", "cpu", "device"), "augment_on must be 'auto', 'cpu' or 'device'"),
         ]
         for ok, message in checks:
             if not ok:
