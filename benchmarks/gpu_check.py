@@ -11,7 +11,7 @@ Nothing is downloaded (the text encoders are a tiny Llama and MiniLM from an ins
 
 Usage::
 
-    python benchmarks/gpu_check.py [--out gpu_check_out] [--budget-s 420] [--verbose]
+    python benchmarks/gpu_check.py [--out gpu_check_out] [--budget-s 420] [--augment-on auto] [--verbose]
     benchmarks/gpu_check.sh          # the same with the repository's virtual environment
 
 Exit codes: 0 every stage ran; 1 a stage failed or was left out for the time budget.
@@ -51,7 +51,7 @@ STAGE_FOLDERS = {"attributes": "attributes", "clip": "clip", "finetune": "finetu
                  "report": "report"}
 
 
-def overrides(s: dict) -> list[str]:
+def overrides(s: dict, augment_on: str = "auto") -> list[str]:
     """Config overrides of the check: small encoder, one epoch per loop, a few text steps."""
     out = [f"model.width={s['width']}", f"model.embed_dim={s['embed_dim']}",
            f"text.mntp.steps={s['text_steps']}", f"text.simcse.steps={s['text_steps']}", f"text.amp={s['amp']}",
@@ -60,7 +60,7 @@ def overrides(s: dict) -> list[str]:
     for section in LOOP_SECTIONS:
         out += [f"{section}.epochs=1", f"{section}.amp={s['amp']}"]
     for section in ("attributes.optim", "finetune.optim", "survival.optim", "clip.optim"):
-        out.append(f"{section}.num_workers={s['workers']}")
+        out += [f"{section}.num_workers={s['workers']}", f"{section}.augment_on={augment_on}"]
     return out
 
 
@@ -163,6 +163,8 @@ def main(argv=None) -> int:
                     help="no new stage starts after this many seconds (the check then exits 1)")
     ap.add_argument("--cpu", action="store_true", help="use the CPU settings even when CUDA is available")
     ap.add_argument("--verbose", action="store_true", help="echo the pipeline's log lines on stderr")
+    ap.add_argument("--augment-on", default="auto", choices=("auto", "cpu", "device"),
+                    help="where the image stages augment (the configs' optim.augment_on)")
     args = ap.parse_args(argv)
 
     from renalclip_lib.config import load_config
@@ -188,7 +190,7 @@ def main(argv=None) -> int:
     manifest = write_cohort(out / "cohort", n_patients=s["patients"], seed=0, matrix=s["matrix"], cohorts=COHORTS)
     print(f"cohort: {s['patients']} synthetic patients, matrix {s['matrix']}, "
           f"{time.perf_counter() - t_start:.1f} s", flush=True)
-    ov = [f"data.manifest={manifest}", f"data.cache={out / 'cache'}", f"device={kind}"] + overrides(s)
+    ov = [f"data.manifest={manifest}", f"data.cache={out / 'cache'}", f"device={kind}"] + overrides(s, args.augment_on)
     cfg = load_config(str(resource_path("configs", "demo.yaml")), _overrides(ov))
     run = out / "run"
     rep = CapturingReporter(args.verbose)
