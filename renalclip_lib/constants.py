@@ -22,6 +22,8 @@ ROI_SPACING_MM = (1.0, 1.0, 5.0)
 ROI_SHAPE_XYZ = (140, 140, 32)
 # Network input: a 128 x 128 x 32 crop (centre at inference, random in training).
 CROP_SHAPE_XYZ = (128, 128, 32)
+# Where training augmentation runs: "auto" (the GPU when training on one), loader workers, the device.
+AUGMENT_ON = ("auto", "cpu", "device")
 
 # Intensity window: level 50 HU, width 500 HU, mapped to [0, 1].
 WINDOW_LEVEL_HU = 50.0

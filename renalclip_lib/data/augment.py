@@ -31,7 +31,7 @@ import math
 import numpy as np
 import torch
 
-from ..constants import CROP_SHAPE_XYZ, ROI_SHAPE_XYZ
+from ..constants import AUGMENT_ON, CROP_SHAPE_XYZ, ROI_SHAPE_XYZ
 from ..preprocess.roi import window, window_torch
 
 ROTATE_RANGE = math.pi / 10          # about each of z, y and x
@@ -39,7 +39,6 @@ TRANSLATE_RANGE = (0.0, 10.0, 10.0)  # voxels along z, y, x
 SCALE_RANGE = (0.0, 0.1, 0.1)        # scale 1 +- this along z, y, x
 INTENSITY_SCALE, INTENSITY_SHIFT = 0.1, 0.1
 GAMMA_RANGE, GAMMA_PROB, FLIP_PROB = (0.5, 2.0), 0.5, 0.5
-AUGMENT_ON = ("auto", "cpu", "device")
 
 
 class TrainAugment:
@@ -136,17 +135,14 @@ class DeviceAugment:
             self._grids[key] = torch.as_tensor(self._create_grid(key[0], backend="torch"), dtype=torch.float32,
                                                device=x.device)
         base = self._grids[key]
-        grids = []
-        for i in range(b):
-            y0, x0 = int(params[i, 7]), int(params[i, 8])
-            coords = (self.matrix(params[i]).to(x.device) @ base[:, :, y0:y0 + cy, x0:x0 + cx].reshape(4, -1))
-            coords = coords.reshape(4, nz, cy, cx)
-            if params[i, 9] > 0.5:
-                coords = coords.flip(-1)
-            grids.append(coords[[2, 1, 0]].permute(1, 2, 3, 0))
+        crops = torch.stack([base[:, :, int(q[7]):int(q[7]) + cy, int(q[8]):int(q[8]) + cx].reshape(4, -1) for q in params])
+        mats = torch.stack([self.matrix(q) for q in params]).to(x.device)
+        coords = (mats @ crops).reshape(b, 4, nz, cy, cx)
+        flipped = (params[:, 9] > 0.5).to(x.device).reshape(b, 1, 1, 1, 1)
+        coords = torch.where(flipped, coords.flip(-1), coords)
         scale = torch.tensor([2.0 / nx, 2.0 / ny, 2.0 / nz], device=x.device)
-        out = torch.nn.functional.grid_sample(x, torch.stack(grids) * scale, mode="bilinear", padding_mode="zeros",
-                                              align_corners=False)
+        grid = coords[:, [2, 1, 0]].permute(0, 2, 3, 4, 1) * scale
+        out = torch.nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
         shape = (b, 1, 1, 1, 1)
         p = params.to(device=x.device, dtype=torch.float32)
         out = out * (1.0 + p[:, 10].reshape(shape)) + p[:, 11].reshape(shape)

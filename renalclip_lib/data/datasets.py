@@ -95,15 +95,13 @@ class RoiDataset(Dataset):
     def __getitem__(self, key) -> dict:
         i = key[1] if isinstance(key, tuple) else key
         unit = self.units[i]
-        if getattr(self.augment, "on_device", False):
-            rng = self.item_rng(key)
-            phase = list(unit.rows)[int(rng.integers(len(unit.rows)))]
-            raw = torch.from_numpy(np.array(self.rois[int(unit.rows[phase]["row"])]))[None]
-            return {"image": raw, "aug": torch.from_numpy(self.augment.draw(rng)),
-                    "target": torch.from_numpy(self.targets[i]), "index": i}
         if self.augment is not None:
             rng = self.item_rng(key)
             phase = list(unit.rows)[int(rng.integers(len(unit.rows)))]
+            if getattr(self.augment, "on_device", False):
+                raw = torch.from_numpy(np.array(self.rois[int(unit.rows[phase]["row"])]))[None]
+                return {"image": raw, "aug": torch.from_numpy(self.augment.draw(rng)),
+                        "target": torch.from_numpy(self.targets[i]), "index": i}
             self.augment.set_seed(int(rng.integers(2**31)))
             image = self.augment(self._roi(unit, phase))
         else:

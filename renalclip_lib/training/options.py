@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..constants import AUGMENT_ON
 from ..errors import ConfigError
 
 
@@ -39,7 +40,7 @@ class OptimOptions:
             (self.amp in ("bf16", "fp32"), "amp must be 'bf16' or 'fp32'"),
             (self.select_mode in ("min", "max"), "select_mode must be 'min' or 'max'"),
             (self.num_workers >= 0, "num_workers must be >= 0"),
-            (self.augment_on in ("auto", "cpu", "device"), "augment_on must be 'auto', 'cpu' or 'device'"),
+            (self.augment_on in AUGMENT_ON, f"augment_on must be one of {', '.join(AUGMENT_ON)}"),
         ]
         for ok, message in checks:
             if not ok:
