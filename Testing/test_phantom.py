@@ -280,6 +280,24 @@ def test_reports_match_geometry_and_answers_match_reports(many):
     assert sizes > 100
 
 
+def test_impressions_never_contradict_themselves(many):
+    """The favoured diagnosis agrees with the benign/malignant call ("probably benign, favour renal
+    cell carcinoma" is not a radiologist's sentence); cysts fit either call."""
+    bm_q, nature_q = (next(q for q in QUESTIONS if q.key == k) for k in ("benign_malignant", "nature"))
+    pairs = collections.Counter()
+    for c in many:
+        side = c.labels["lesion_side"]
+        call = bm_q.options[c.labels[bm_q.column(side)]]
+        nature = nature_q.options[c.labels[nature_q.column(side)]]
+        pairs[(call, nature)] += 1
+        if "benign" in call:
+            assert nature != "malignant tumor", c.reports[f"impression_{side}"]
+            assert not re.search(r"benign, favour (renal cell|a malignant)", c.reports[f"impression_{side}"])
+        if "malignant" in call:
+            assert nature not in ("angiomyolipoma", "other benign lesion"), c.reports[f"impression_{side}"]
+    assert pairs[("highly likely malignant", "malignant tumor")] > 20 and pairs[("highly likely benign", "angiomyolipoma")] > 0
+
+
 def test_no_report_cohort_has_blank_answers():
     c = simulate_case(2, "tcia_like")
     assert all(v == "" for v in c.reports.values())

@@ -41,6 +41,14 @@ _IMPRESSION = {
 }
 
 
+def impression_agrees(call: str | None, nature: str) -> bool:
+    """Whether a favoured diagnosis fits the benign/malignant call: a radiologist who calls a mass
+    probably benign does not favour a carcinoma, nor the reverse. A cyst fits either call."""
+    if call is None or nature == "cyst":
+        return True
+    return ("malignant" in call) == (nature == "malignant tumor")
+
+
 def _pick(rng, options: dict) -> str:
     keys = list(options)
     p = np.array([options[k] for k in keys], float)
@@ -94,7 +102,9 @@ def lesion_mentions(rng: np.random.Generator, lesion, m, stage_info: dict, phase
     mt["margin"] = f.get("margin", "well-defined") if say(0.75) else None
     bm, nature = _IMPRESSION[key]
     mt["benign_malignant"] = _pick(rng, bm) if say(0.9) else None
-    mt["nature"] = _pick(rng, nature) if say(0.9) else None
+    if say(0.9):
+        agreeing = {k: v for k, v in nature.items() if impression_agrees(mt["benign_malignant"], k)}
+        mt["nature"] = _pick(rng, agreeing) if agreeing else None
     sinus = stage_info.get("sinus_invasion", False)
     mt["sinus_invasion"] = ("yes" if say(0.9) else None) if sinus else ("no" if say(0.35) else None)
     if small:
