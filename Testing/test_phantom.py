@@ -298,6 +298,21 @@ def test_impressions_never_contradict_themselves(many):
     assert pairs[("highly likely malignant", "malignant tumor")] > 20 and pairs[("highly likely benign", "angiomyolipoma")] > 0
 
 
+def test_angiomyolipoma_reports_quote_the_fat_attenuation():
+    """A fat-containing mass is reported with the attenuation of its fat (ct-appearance: -100 to
+    -20 HU), not that of its soft tissue."""
+    quotes = []
+    for i in range(400):
+        c = simulate_case(patient_seed(2, i), "pretrain")
+        side = c.labels["lesion_side"]
+        m = re.search(r"fat-containing \((?:areas of )?about (-?\d+) HU\)", c.reports[f"findings_{side}"])
+        if m:
+            quotes.append(int(m.group(1)))
+        if len(quotes) >= 4:
+            break
+    assert len(quotes) >= 4 and all(-125 <= q <= -20 for q in quotes), quotes
+
+
 def test_no_report_cohort_has_blank_answers():
     c = simulate_case(2, "tcia_like")
     assert all(v == "" for v in c.reports.values())

@@ -216,6 +216,7 @@ def draw_lesion(rng: np.random.Generator, anatomy: Anatomy, hist: Histology, art
     if hist.key == "angiomyolipoma":
         feat["fat"] = True
         fat_hu = float(rng.uniform(-115, -85))
+        feat["fat_hu"] = fat_hu
         for _ in range(int(rng.integers(2, 6))):
             off = rot @ (rng.uniform(-0.45, 0.45, 3) * axes)
             blob = Ellipsoid(center + off, axes * rng.uniform(0.18, 0.4, 3), rotation_from_axes(*random_unit_vectors(rng, 2)),

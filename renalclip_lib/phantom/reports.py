@@ -116,6 +116,7 @@ def lesion_mentions(rng: np.random.Generator, lesion, m, stage_info: dict, phase
         mt["nature"] = "cyst"
     mt["_dims"] = dims_cm
     mt["_hu"] = {p: int(round(f["hu"][p] + hu_offset)) for p in phases}
+    mt["_fat_hu"] = int(round(f["fat_hu"] + hu_offset)) if "fat_hu" in f else None
     mt["_phases"] = tuple(phases)
     mt["_features"] = dict(f)
     mt["_histology"] = key
@@ -192,7 +193,9 @@ def render_kidney_report(rng: np.random.Generator, side: str, mt: dict, small: b
                 "heterogeneous density": "of heterogeneous density", "mixed density": "of mixed density",
                 "fat density (angiomyolipoma)": "fat-containing"}[mt["density"]]
         if "N" in phases and rng.random() < 0.5:
-            s.append(f"On unenhanced images it is {word} (about {hu['N']} HU).")
+            fat = mt["_fat_hu"] is not None and mt["density"].startswith("fat")
+            quote = f"areas of about {mt['_fat_hu']} HU" if fat else f"about {hu['N']} HU"
+            s.append(f"On unenhanced images it is {word} ({quote}).")
         else:
             s.append(f"It is {word}.")
         if mt["density"].startswith("fat"):
