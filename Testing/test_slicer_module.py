@@ -518,11 +518,14 @@ def test_dependencies_ask_once_and_never_touch_slicers_own_packages():
     assert fake.calls == [("confirm",)]
     # Accepted: pip_install with a constraints file pinning numpy and SimpleITK at Slicer's versions.
     fake = _FakeSlicer()
-    fake.util.pip_install = lambda args: (fake.calls.append(("pip_install", list(args))), present.add("yaml"))
+    pinned = []
+    fake.util.pip_install = lambda args: (fake.calls.append(("pip_install", list(args))), present.add("yaml"),
+                                          pinned.append(Path(args[2]).read_text(encoding="utf-8")))
     assert dependencies.DependencyInstaller(fake, find_spec, version_of).ensure(["core"]) is True
     (kind, args), = [c for c in fake.calls if c[0] == "pip_install"]
     assert args[0] == "pyyaml>=6.0" and args[1] == "-c"
-    assert Path(args[2]).read_text(encoding="utf-8") == "numpy==2.3.5\nSimpleITK==2.5.7\n"
+    assert pinned == ["numpy==2.3.5\nSimpleITK==2.5.7\n"]
+    assert not Path(args[2]).exists(), "the constraints file outlives the install"
     assert not any(dependencies.distribution_name(a) in dependencies.PROTECTED for a in args)
     # Testing mode: no question asked.
     present.discard("yaml")

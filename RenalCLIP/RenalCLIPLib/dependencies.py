@@ -143,6 +143,23 @@ class DependencyInstaller:
                 return True
         packaging = getattr(self.slicer, "packaging", None)
         constraints = self._constraints_file()
+        try:
+            if not self._install(needed, titles, testing, packaging, constraints):
+                return False
+        finally:
+            if constraints:
+                try:
+                    os.remove(constraints)
+                except OSError:
+                    pass
+        importlib.invalidate_caches()
+        still = missing(needed, self.find_spec, self.version_of)
+        if still:
+            raise RuntimeError(f"these packages are still missing after installation: {', '.join(still)}")
+        return True
+
+    def _install(self, needed, titles, testing, packaging, constraints) -> bool:
+        """One pip run (Slicer's ``pip_ensure`` or ``pip_install``); False if the user declined."""
         if packaging is not None and hasattr(packaging, "pip_ensure") and not testing:
             self.log.append(f"pip_ensure {' '.join(needed)}")
             packaging.pip_ensure(needed, requester=f"RenalCLIP ({titles})", constraints=constraints)
@@ -157,10 +174,6 @@ class DependencyInstaller:
             args = list(needed) + (["-c", constraints] if constraints else [])
             self.log.append("pip install " + " ".join(args))
             self.slicer.util.pip_install(args)
-        importlib.invalidate_caches()
-        still = missing(needed, self.find_spec, self.version_of)
-        if still:
-            raise RuntimeError(f"these packages are still missing after installation: {', '.join(still)}")
         return True
 
     def _constraints_file(self) -> str | None:
