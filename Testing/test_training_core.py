@@ -155,6 +155,8 @@ def test_shipped_configs_load():
     assert paper.attributes.optim.weight_decay == 5e-3 and paper.attributes.flip is False
     demo = load_config(resource_path("configs", "demo.yaml"))
     assert demo.model.width < paper.model.width
+    assert paper.attributes.optim.augment_rotate == paper.finetune.optim.augment_rotate == "xyz"
+    assert demo.attributes.optim.augment_rotate == demo.finetune.optim.augment_rotate == "z"
 
 
 def test_augment_shapes_ranges_and_seed():
@@ -299,6 +301,33 @@ def test_train_augment_picks_the_device_on_a_gpu_only():
     assert isinstance(train_augment(True, 0, "cpu", "cuda"), TrainAugment)
     with pytest.raises(ConfigError, match="augment_on"):
         OptimOptions(augment_on="gpu").validate("x.yaml")
+    with pytest.raises(ConfigError, match="augment_rotate"):
+        OptimOptions(augment_rotate="xy").validate("x.yaml")
+    assert isinstance(train_augment(True, 0, "cpu", "cpu", "z"), TrainAugment)
+    assert train_augment(True, 0, "device", "cpu", "z").rotate_ranges.tolist()[1:] == [0, 0]
+
+
+def _slice_spread(x: torch.Tensor) -> float:
+    """Largest spread of values within one axial slice of a (1, z, x, y) tensor, over the central
+    64 x 64 (which no translation, rotation or scaling of Table 40 moves outside the ROI)."""
+    centre = x[0, :, 32:96, 32:96]
+    return float((centre.amax(dim=(1, 2)) - centre.amin(dim=(1, 2))).max())
+
+
+def test_axial_rotation_never_mixes_slices():
+    """A volume that varies only from slice to slice stays constant within each slice when the
+    rotation keeps to the axial plane (MONAI on the CPU and the batched device path), and does not
+    under Table 40's rotation about all three axes."""
+    hu = np.broadcast_to((-100.0 + 10.0 * np.arange(32))[:, None, None], (32, 140, 140)).astype(np.float32)
+    axial = [TrainAugment(flip=True, seed=s, intensity=False, rotate="z")(hu) for s in range(4)]
+    full = [TrainAugment(flip=True, seed=s, intensity=False)(hu) for s in range(4)]
+    assert max(_slice_spread(x) for x in axial) < 1e-4
+    assert max(_slice_spread(x) for x in full) > 0.05
+    dev = DeviceAugment(flip=True, intensity=False, rotate="z")
+    params = np.stack([dev.draw(np.random.default_rng(s)) for s in range(4)])
+    assert np.all(params[:, 1:3] == 0) and np.abs(params[:, 0]).max() > 0
+    out = dev(torch.as_tensor(hu)[None, None].expand(4, 1, 32, 140, 140), torch.as_tensor(params))
+    assert max(_slice_spread(x) for x in out) < 1e-4
 
 
 def test_loop_augments_the_batch_on_the_device(tmp_path):

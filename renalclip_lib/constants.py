@@ -24,6 +24,8 @@ ROI_SHAPE_XYZ = (140, 140, 32)
 CROP_SHAPE_XYZ = (128, 128, 32)
 # Where training augmentation runs: "auto" (the GPU when training on one), loader workers, the device.
 AUGMENT_ON = ("auto", "cpu", "device")
+# Axes Table 40's rotation (+-pi/10) turns about: all three as the paper, or the axial plane only.
+AUGMENT_ROTATE = ("xyz", "z")
 
 # Intensity window: level 50 HU, width 500 HU, mapped to [0, 1].
 WINDOW_LEVEL_HU = 50.0

@@ -7,6 +7,10 @@ fine-tuning only: pre-training keeps left and right); intensity scaling (0.9-1.1
 shift (+-0.1), gamma contrast (0.5-2.0, p 0.5). The result is the network's (1, 32, 128, 128)
 tensor in (z, x, y) order, like ``preprocess.to_model_input``.
 
+``rotate="z"`` keeps the rotation to the axial plane. On the 1 x 1 x 5 mm grid the table's
+rotations about x and y act on voxel indices, as MONAI applies them: a shear of up to 20 slices at
+the edge of the crop, which slows a short CPU training most (the demo config turns them off).
+
 Two implementations of the same table:
 
 - ``TrainAugment``: MONAI's random transforms, one ROI at a time, in the DataLoader workers (CPU);
@@ -31,7 +35,7 @@ import math
 import numpy as np
 import torch
 
-from ..constants import AUGMENT_ON, CROP_SHAPE_XYZ, ROI_SHAPE_XYZ
+from ..constants import AUGMENT_ON, AUGMENT_ROTATE, CROP_SHAPE_XYZ, ROI_SHAPE_XYZ
 from ..preprocess.roi import window, window_torch
 
 ROTATE_RANGE = math.pi / 10          # about each of z, y and x
@@ -41,8 +45,16 @@ INTENSITY_SCALE, INTENSITY_SHIFT = 0.1, 0.1
 GAMMA_RANGE, GAMMA_PROB, FLIP_PROB = (0.5, 2.0), 0.5, 0.5
 
 
+def rotate_ranges(rotate: str) -> tuple:
+    """Rotation ranges about the (z, y, x) axes of the ROI for ``rotate`` ("xyz" or "z")."""
+    if rotate not in AUGMENT_ROTATE:
+        raise ValueError(f"rotate must be one of {AUGMENT_ROTATE}, not {rotate!r}")
+    return tuple(ROTATE_RANGE if axis in rotate else 0.0 for axis in "zyx")
+
+
 class TrainAugment:
-    def __init__(self, flip: bool, seed: int | None = None, affine: bool = True, intensity: bool = True):
+    def __init__(self, flip: bool, seed: int | None = None, affine: bool = True, intensity: bool = True,
+                 rotate: str = "xyz"):
         from monai.transforms import (Compose, RandAdjustContrast, RandAffine, RandFlip, RandScaleIntensity,
                                       RandShiftIntensity, RandSpatialCrop)
 
@@ -50,7 +62,7 @@ class TrainAugment:
         spatial = []
         if affine:
             # Spatial dims of the (1, z, y, x) tensor are (z, y, x).
-            spatial.append(RandAffine(prob=1.0, rotate_range=(ROTATE_RANGE,) * 3, translate_range=TRANSLATE_RANGE,
+            spatial.append(RandAffine(prob=1.0, rotate_range=rotate_ranges(rotate), translate_range=TRANSLATE_RANGE,
                                       scale_range=SCALE_RANGE, mode="bilinear", padding_mode="zeros"))
         spatial.append(RandSpatialCrop((cz, cy, cx), random_size=False))
         if flip:
@@ -85,10 +97,11 @@ class DeviceAugment:
     on_device = True
     n_params = 14
 
-    def __init__(self, flip: bool, affine: bool = True, intensity: bool = True):
+    def __init__(self, flip: bool, affine: bool = True, intensity: bool = True, rotate: str = "xyz"):
         from monai.transforms.utils import create_grid
 
         self.flip, self.affine, self.intensity = flip, affine, intensity
+        self.rotate_ranges = np.asarray(rotate_ranges(rotate), np.float32)
         self._create_grid = create_grid
         self._grids: dict = {}
 
@@ -101,7 +114,7 @@ class DeviceAugment:
         p = np.zeros(self.n_params, np.float32)
         p[5:7] = 1.0
         if self.affine:
-            p[0:3] = rng.uniform(-ROTATE_RANGE, ROTATE_RANGE, 3)
+            p[0:3] = rng.uniform(-1.0, 1.0, 3) * self.rotate_ranges
             p[3:5] = [rng.uniform(-t, t) for t in TRANSLATE_RANGE[1:]]
             p[5:7] = [1.0 + rng.uniform(-s, s) for s in SCALE_RANGE[1:]]
         p[7] = rng.integers(0, ry - cy + 1)
@@ -161,10 +174,11 @@ class DeviceAugment:
         return out
 
 
-def train_augment(flip: bool, seed: int, augment_on: str, device) -> "TrainAugment | DeviceAugment":
+def train_augment(flip: bool, seed: int, augment_on: str, device, rotate: str = "xyz") -> "TrainAugment | DeviceAugment":
     """The training augmentation for ``device``: ``augment_on`` is 'cpu' (MONAI in the loader
-    workers), 'device' (batched on the training device) or 'auto' (the device when it is a GPU)."""
+    workers), 'device' (batched on the training device) or 'auto' (the device when it is a GPU);
+    ``rotate`` the axes of the rotation ("xyz" as Table 40, "z" the axial plane only)."""
     if augment_on not in AUGMENT_ON:
         raise ValueError(f"augment_on must be one of {AUGMENT_ON}, not {augment_on!r}")
     on_device = augment_on == "device" or (augment_on == "auto" and torch.device(device).type == "cuda")
-    return DeviceAugment(flip=flip) if on_device else TrainAugment(flip=flip, seed=seed)
+    return DeviceAugment(flip=flip, rotate=rotate) if on_device else TrainAugment(flip=flip, seed=seed, rotate=rotate)

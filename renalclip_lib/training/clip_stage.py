@@ -271,7 +271,7 @@ def train_clip(cfg: TrainConfig, encoder, rois, train_units: list[Unit], train_t
     task = ClipTask(model)
     task.meta = {"stage": "clip", "width": encoder.width, "text_dim": int(train_text.shape[-1]), **(meta or {})}
     train_ds = ClipDataset(rois, train_units, train_text,
-                           augment=train_augment(c.flip, opt.seed, opt.augment_on, ctx.device) if augment else None, seed=opt.seed)
+                           augment=train_augment(c.flip, opt.seed, opt.augment_on, ctx.device, opt.augment_rotate) if augment else None, seed=opt.seed)
     val_loader = make_loader(ClipDataset(rois, val_units, val_text), opt.batch_size, False) if val_units else None
     train_loader = make_loader(train_ds, opt.batch_size, True, opt.num_workers, None, opt.seed, ctx.distributed)
     return fit(task, train_loader, val_loader, out_dir, opt, ctx, log)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..constants import AUGMENT_ON
+from ..constants import AUGMENT_ON, AUGMENT_ROTATE
 from ..errors import ConfigError
 
 
@@ -24,6 +24,7 @@ class OptimOptions:
     seed: int = 0
     num_workers: int = 0
     augment_on: str = "auto"              # "auto" (the GPU when training on one), "cpu" (loader workers), "device"
+    augment_rotate: str = "xyz"           # "xyz": Table 40's rotation about every axis; "z": axial plane only
     select_metric: str = "val_loss"
     select_mode: str = "min"              # "min" or "max"
     progress: bool = True
@@ -41,6 +42,7 @@ class OptimOptions:
             (self.select_mode in ("min", "max"), "select_mode must be 'min' or 'max'"),
             (self.num_workers >= 0, "num_workers must be >= 0"),
             (self.augment_on in AUGMENT_ON, f"augment_on must be one of {', '.join(AUGMENT_ON)}"),
+            (self.augment_rotate in AUGMENT_ROTATE, f"augment_rotate must be one of {', '.join(AUGMENT_ROTATE)}"),
         ]
         for ok, message in checks:
             if not ok:
