@@ -95,6 +95,47 @@ def test_language_model_pretraining_learns_the_report_not_the_prompt(tok, tmp_pa
     assert gen.projector.weight.abs().sum() == 0 and gen.projector.bias.abs().sum() == 0
 
 
+def test_image_conditioned_language_model_learns_the_side_from_the_image(tok, tmp_path):
+    """The stand-in LLM trained on (image, report) pairs checkpoints the LLM and the projector and
+    learns to read its image tokens: on new images it prefers the report with the right side."""
+    from renalclip_lib.training.loop import fit
+    from renalclip_lib.training.options import OptimOptions
+    from renalclip_lib.training.report_stage import ConditionedLanguageModelTask
+
+    side = {1: "Findings: A mass in the left kidney.\nImpression: Left renal mass.",
+            -1: "Findings: A mass in the right kidney.\nImpression: Right renal mass."}
+
+    def pairs(n, seed):
+        g = torch.Generator().manual_seed(seed)
+        signs = torch.where(torch.rand(n, generator=g) < 0.5, 1, -1)
+        feats = torch.randn(n, 6, generator=g) * 0.3
+        feats[:, 0] += signs
+        return feats, [int(s) for s in signs]
+
+    torch.manual_seed(0)
+    llm = build_mistral(tiny_mistral_config(hidden_size=32, num_layers=2, num_heads=2, num_kv_heads=1,
+                                            intermediate_size=64), seed=0)
+    gen = ReportGenerator(llm, tok, 6, n_image_tokens=8, max_report_tokens=64)
+    task = ConditionedLanguageModelTask(gen)
+    feats, signs = pairs(48, 0)
+    loss, _ = task.loss(task.model, {"features": feats[:3], "report": [side[s] for s in signs[:3]]}, torch.device("cpu"))
+    assert loss.item() == pytest.approx(gen(feats[:3], [side[s] for s in signs[:3]]).item(), rel=1e-6)
+    llm_before = {k: v.clone() for k, v in gen.llm.state_dict().items()}
+    proj_before = gen.projector.weight.detach().clone()
+    data = [{"features": f, "report": side[s], "index": i} for i, (f, s) in enumerate(zip(feats, signs))]
+    loader = torch.utils.data.DataLoader(data, batch_size=8, shuffle=True, generator=torch.Generator().manual_seed(0))
+    fit(task, loader, loader, tmp_path, OptimOptions(epochs=40, batch_size=8, lr=1e-2, amp="fp32", progress=False))
+    last = torch.load(tmp_path / "checkpoint_last.pt", weights_only=True)["model"]
+    assert set(last) == {f"llm.{k}" for k in llm_before} | {"projector.weight", "projector.bias"}
+    assert not torch.equal(proj_before, gen.projector.weight)
+    assert not torch.equal(llm_before["lm_head.weight"], gen.llm.state_dict()["lm_head.weight"])
+    test, test_signs = pairs(40, 1)
+    gen.eval()
+    with torch.no_grad():
+        right = [gen(f[None], [side[s]]).item() < gen(f[None], [side[-s]]).item() for f, s in zip(test, test_signs)]
+    assert sum(right) >= 36, sum(right)
+
+
 def _fit(gen, lora, tmp_path, epochs=2):
     from renalclip_lib.training.loop import fit
     from renalclip_lib.training.options import OptimOptions
@@ -205,6 +246,7 @@ def test_report_stage_end_to_end(tmp_path):
     assert all(r["report_true"].startswith("Findings: ") for r in rows)
     gen = ReportGenerator.load(out / "model")
     assert gen.feature_dim == 32 and gen.n_image_tokens == 8
+    assert (out / "llm" / "projector.pt").exists()                 # the stand-in LLM learnt with image tokens
     assert main(["evaluate", "--model", f"gen={out / 'predictions.csv'}", "--out", str(tmp_path / "eval"),
                  "--bootstrap", "20"]) == 0
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text(encoding="utf-8"))

@@ -157,6 +157,8 @@ def test_shipped_configs_load():
     assert demo.model.width < paper.model.width
     assert paper.attributes.optim.augment_rotate == paper.finetune.optim.augment_rotate == "xyz"
     assert demo.attributes.optim.augment_rotate == demo.finetune.optim.augment_rotate == "z"
+    assert paper.report.init == demo.report.init == "clip"         # the RenalCLIP encoder, as the paper
+    assert demo.report.tiny.image_conditioned is True
 
 
 def test_augment_shapes_ranges_and_seed():

@@ -30,7 +30,7 @@ from .resources import resource_path
 DEMO_SETTINGS = {
     "full": {"patients": 120, "matrix": 160, "nnunet": {"n_patients": 6, "epochs": 3, "iterations": 60},
              "overrides": ["attributes.optim.epochs=6", "finetune.optim.epochs=10", "survival.optim.epochs=8",
-                           "clip.optim.epochs=5", "report.tiny.optim.epochs=6", "report.tiny.extra_reports=200",
+                           "clip.optim.epochs=5", "report.tiny.optim.epochs=20",
                            "report.stage_a.epochs=8", "report.stage_b.epochs=4"]},
     "quick": {"patients": 56, "matrix": 128, "nnunet": {"n_patients": 3, "epochs": 1, "iterations": 20},
               "overrides": ["attributes.optim.epochs=2", "finetune.optim.epochs=3", "survival.optim.epochs=3",

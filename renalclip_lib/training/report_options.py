@@ -31,8 +31,9 @@ class TinyLLMOptions:
     num_heads: int = 4
     num_kv_heads: int = 2
     intermediate_size: int = 256
-    extra_reports: int = 0          # simulated reports (phantom text, no voxels) added to the corpus
-    max_reports: int = 0            # cap on corpus reports (0 = all)
+    image_conditioned: bool = True  # learn from (lesion ROI, report) pairs with the projector; False: text only
+    extra_reports: int = 0          # text only: simulated reports (phantom text, no voxels) added to the corpus
+    max_reports: int = 0            # text only: cap on corpus reports (0 = all)
     optim: OptimOptions = field(default_factory=lambda: _optim(epochs=3, batch_size=16, lr=3e-3, weight_decay=1e-2))
 
 

@@ -9,7 +9,9 @@ prediction uses the arterial phase, else venous.
 Steps, each resumable and skipped once finished (all under ``RUN/report/``):
 
 1. ``llm/``: when ``report.llm`` is empty, a tiny Mistral (``report.tiny``) is trained as a
-   language model on the training cohorts' report text, the stand-in for BioMistral-7B;
+   language model, the stand-in for BioMistral-7B: with ``report.tiny.image_conditioned`` on the
+   lesion reports of the alignment and training cohorts with their image tokens, the projector
+   learning with it (``llm/projector.pt``, stage A's start), otherwise on report text alone;
 2. ``stage_a/``: projector only, LLM frozen, on ``report.align_cohorts`` (the paper's pre-training
    set); best epoch by validation loss on the training cohorts' ``val`` split;
 3. ``stage_b/``: projector (``stage_b.head_lr``) + LoRA adapters (``stage_b.lr``) on the training
@@ -45,6 +47,7 @@ from .loop import fit, is_finished
 from .options import OptimOptions
 
 EVAL_SPLITS = ("val", "test")
+PROJECTOR_INIT = "projector.pt"     # the tiny LLM's jointly trained projector, stage A's start
 
 
 # ----- data ------------------------------------------------------------------------------------
@@ -216,6 +219,34 @@ class LanguageModelTask:
         atomic_torch_save({"state": model.llm.state_dict(), "metrics": metrics}, path)
 
 
+class _ConditionedLanguageModel(torch.nn.Module):
+    """The LLM and the projector as one module the loop trains and checkpoints (all their weights)."""
+
+    def __init__(self, generator):
+        super().__init__()
+        self.llm = generator.llm
+        self.projector = generator.projector
+        object.__setattr__(self, "generator", generator)
+
+    def forward(self, features: torch.Tensor, texts: list[str]) -> torch.Tensor:
+        return self.generator(features, texts)
+
+
+class ConditionedLanguageModelTask(ReportTask):
+    """Causal-LM training of the tiny LLM on (lesion ROI, report) pairs: the LLM and the projector
+    learn together, so the stand-in LLM, like a large pre-trained one, reads its image tokens. A
+    tiny LLM trained on text alone with the image tokens at zero never learns to attend to them,
+    and a frozen one cannot be taught to through a projector (see the README)."""
+
+    def __init__(self, generator):
+        generator.llm.requires_grad_(True)
+        generator.projector.requires_grad_(True)
+        self.model, self.lora = _ConditionedLanguageModel(generator), False
+
+    def param_groups(self, model, cfg):
+        return [{"params": list(model.parameters()), "lr": cfg.lr}]
+
+
 class _Texts(Dataset):
     def __init__(self, texts):
         self.texts = list(texts)
@@ -244,8 +275,12 @@ def simulated_reports(n: int, seed: int = 424242) -> list[str]:
 
 
 def train_tiny_llm(cfg: TrainConfig, train_texts: list[str], val_texts: list[str], out_dir: Path, log=None,
-                   ctx: DistContext | None = None) -> Path:
-    """Train (or reuse) the tiny Mistral on report text; returns its Hugging Face model folder."""
+                   ctx: DistContext | None = None, pairs: tuple | None = None) -> Path:
+    """Train (or reuse) the tiny Mistral on report text; returns its Hugging Face model folder.
+
+    With ``pairs = (features, units, reports, val_units, val_reports)`` it trains on the lesion
+    reports with their image tokens, the projector with it, and writes that projector to
+    ``out_dir/projector.pt`` (stage A starts from it); ``train_texts`` are then not used."""
     from ..models.report_generator import ReportGenerator
     from ..models.tiny_mistral import build_mistral, tiny_mistral_config
     from ..models.tokenizers import mistral_tokenizer
@@ -257,15 +292,25 @@ def train_tiny_llm(cfg: TrainConfig, train_texts: list[str], val_texts: list[str
     opt = t.optim
     llm = build_mistral(tiny_mistral_config(t.hidden_size, t.num_layers, t.num_heads, t.num_kv_heads,
                                             t.intermediate_size), seed=opt.seed)
-    generator = ReportGenerator(llm, mistral_tokenizer(), feature_dim=1, n_image_tokens=cfg.report.image_tokens,
-                                max_report_tokens=cfg.report.max_report_tokens)
-    task = LanguageModelTask(generator)
     from .common import make_loader
 
-    fit(task, make_loader(_Texts(train_texts), opt.batch_size, True, 0, None, opt.seed),
-        make_loader(_Texts(val_texts or train_texts[:32]), opt.batch_size, False), out_dir, opt, ctx, log)
-    state = torch.load(out_dir / "best.pt", map_location="cpu", weights_only=True)["state"]
-    llm.load_state_dict(state)
+    if pairs is None:
+        generator = ReportGenerator(llm, mistral_tokenizer(), feature_dim=1, n_image_tokens=cfg.report.image_tokens,
+                                    max_report_tokens=cfg.report.max_report_tokens)
+        task = LanguageModelTask(generator)
+        fit(task, make_loader(_Texts(train_texts), opt.batch_size, True, 0, None, opt.seed),
+            make_loader(_Texts(val_texts or train_texts[:32]), opt.batch_size, False), out_dir, opt, ctx, log)
+        llm.load_state_dict(torch.load(out_dir / "best.pt", map_location="cpu", weights_only=True)["state"])
+    else:
+        feats, units, reps, v_units, v_reps = pairs
+        generator = ReportGenerator(llm, mistral_tokenizer(), feature_dim=feats.shape[1],
+                                    n_image_tokens=cfg.report.image_tokens, max_report_tokens=cfg.report.max_report_tokens)
+        task = ConditionedLanguageModelTask(generator)
+        fit(task, make_loader(FeatureReportDataset(feats, units, reps, True), opt.batch_size, True, 0, None, opt.seed),
+            make_loader(FeatureReportDataset(feats, v_units or units, v_reps or reps, False), opt.batch_size, False),
+            out_dir, opt, ctx, log)
+        task.model.load_state_dict(torch.load(out_dir / "best.pt", map_location="cpu", weights_only=True)["state"])
+        atomic_torch_save(generator.projector.state_dict(), out_dir / PROJECTOR_INIT)
     tmp = out_dir / ".tmp-model"
     import shutil
 
@@ -332,12 +377,21 @@ def run_report(cfg: TrainConfig, run_dir, log=None, init: str | None = None, ctx
     if rc.llm:
         llm_dir = Path(rc.llm)
     else:
-        keep = lambda r: (r.cohort in align | tc) and r.split not in EVAL_SPLITS  # noqa: E731
-        corpus = kidney_reports(cfg.data.manifest, keep) + simulated_reports(rc.tiny.extra_reports)
-        if rc.tiny.max_reports:
-            corpus = corpus[:rc.tiny.max_reports]
-        llm_dir = train_tiny_llm(cfg, corpus, v_reps, out / "llm", log, ctx)
+        if rc.tiny.image_conditioned:
+            lm_units, lm_reps = _units_with_reports(
+                index, reports, lambda r: r["cohort"] in align | tc and r["split"] not in EVAL_SPLITS)
+            llm_dir = train_tiny_llm(cfg, [], v_reps, out / "llm", log, ctx,
+                                     pairs=(feats, lm_units, lm_reps, v_units, v_reps))
+        else:
+            keep = lambda r: (r.cohort in align | tc) and r.split not in EVAL_SPLITS  # noqa: E731
+            corpus = kidney_reports(cfg.data.manifest, keep) + simulated_reports(rc.tiny.extra_reports)
+            if rc.tiny.max_reports:
+                corpus = corpus[:rc.tiny.max_reports]
+            llm_dir = train_tiny_llm(cfg, corpus, v_reps, out / "llm", log, ctx)
     gen = _generator(cfg, llm_dir, feats.shape[1], ctx.device)
+    projector_init = out / "llm" / PROJECTOR_INIT
+    if not rc.llm and rc.tiny.image_conditioned and projector_init.exists():
+        gen.projector.load_state_dict(torch.load(projector_init, map_location="cpu", weights_only=True))
 
     def loaders(units, reps, opt):
         train = make_loader(FeatureReportDataset(feats, units, reps, True), opt.batch_size, True, 0, None, opt.seed)
@@ -386,5 +440,5 @@ def write_predictions(gen, feats: np.ndarray, units: list[Unit], reports: list[s
     return path
 
 
-__all__ = ["FeatureReportDataset", "LanguageModelTask", "ReportTask", "encoder_features", "lesion_reports",
+__all__ = ["ConditionedLanguageModelTask", "FeatureReportDataset", "LanguageModelTask", "ReportTask", "encoder_features", "lesion_reports",
            "run_report", "simulated_reports", "train_tiny_llm", "write_predictions"]
