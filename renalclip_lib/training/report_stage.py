@@ -234,9 +234,9 @@ class _ConditionedLanguageModel(torch.nn.Module):
 
 class ConditionedLanguageModelTask(ReportTask):
     """Causal-LM training of the tiny LLM on (lesion ROI, report) pairs: the LLM and the projector
-    learn together, so the stand-in LLM, like a large pre-trained one, reads its image tokens. A
-    tiny LLM trained on text alone with the image tokens at zero never learns to attend to them,
-    and a frozen one cannot be taught to through a projector (see the README)."""
+    learn together, so the stand-in LLM, like a large pre-trained one, reads its image tokens. On
+    the synthetic cohort, a tiny LLM trained on text alone (image tokens at zero) and then frozen
+    did not learn to use them through the projector (README, report generation)."""
 
     def __init__(self, generator):
         generator.llm.requires_grad_(True)
