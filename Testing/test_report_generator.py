@@ -224,7 +224,7 @@ def test_split_report():
 
 
 @pytest.mark.slow
-def test_report_stage_end_to_end(tmp_path):
+def test_report_stage_end_to_end(tmp_path, capsys):
     from renalclip_lib.cli import main
     from renalclip_lib.phantom import write_cohort
 
@@ -255,3 +255,8 @@ def test_report_stage_end_to_end(tmp_path):
     mtime = (out / "finished.json").stat().st_mtime_ns
     assert main(args) == 0                                          # finished: not run again
     assert (out / "finished.json").stat().st_mtime_ns == mtime
+    # A finished stand-in without its projector (trained on text alone) is never reused silently.
+    (out / "llm" / "projector.pt").unlink()
+    (out / "finished.json").unlink()
+    assert main(args) != 0
+    assert "projector.pt" in capsys.readouterr().err

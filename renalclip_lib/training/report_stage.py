@@ -11,7 +11,8 @@ Steps, each resumable and skipped once finished (all under ``RUN/report/``):
 1. ``llm/``: when ``report.llm`` is empty, a tiny Mistral (``report.tiny``) is trained as a
    language model, the stand-in for BioMistral-7B: with ``report.tiny.image_conditioned`` on the
    lesion reports of the alignment and training cohorts with their image tokens, the projector
-   learning with it (``llm/projector.pt``, stage A's start), otherwise on report text alone;
+   learning with it (``llm/projector.pt``, stage A's start), otherwise on report text alone
+   (``llm_text/``);
 2. ``stage_a/``: projector only, LLM frozen, on ``report.align_cohorts`` (the paper's pre-training
    set); best epoch by validation loss on the training cohorts' ``val`` split;
 3. ``stage_b/``: projector (``stage_b.head_lr``) + LoRA adapters (``stage_b.lr``) on the training
@@ -287,6 +288,9 @@ def train_tiny_llm(cfg: TrainConfig, train_texts: list[str], val_texts: list[str
 
     folder = out_dir / "model"
     if is_finished(out_dir) and (folder / "config.json").exists():
+        if pairs is not None and not (out_dir / PROJECTOR_INIT).exists():
+            raise ConfigError(cfg.source, f"{out_dir} holds a tiny LLM trained on text alone (no {PROJECTOR_INIT}): "
+                                          "remove that folder to train the image-conditioned one")
         return folder
     t = cfg.report.tiny
     opt = t.optim
@@ -387,7 +391,7 @@ def run_report(cfg: TrainConfig, run_dir, log=None, init: str | None = None, ctx
             corpus = kidney_reports(cfg.data.manifest, keep) + simulated_reports(rc.tiny.extra_reports)
             if rc.tiny.max_reports:
                 corpus = corpus[:rc.tiny.max_reports]
-            llm_dir = train_tiny_llm(cfg, corpus, v_reps, out / "llm", log, ctx)
+            llm_dir = train_tiny_llm(cfg, corpus, v_reps, out / "llm_text", log, ctx)
     gen = _generator(cfg, llm_dir, feats.shape[1], ctx.device)
     projector_init = out / "llm" / PROJECTOR_INIT
     if not rc.llm and rc.tiny.image_conditioned and projector_init.exists():
