@@ -232,11 +232,13 @@ def evaluated_phases(available, fusion: bool) -> list[str]:
 
 def analyze_case(phases: Mapping, bundle: Bundle, center_lps=None, center_ras=None, segmentation=None,
                  segment_with=None, report: bool = False, panel=None, greedy: bool = False,
-                 reporter: ProgressReporter | None = None, segmenter=None) -> Assessment:
+                 reporter: ProgressReporter | None = None, segmenter=None,
+                 number_safe: bool | None = None) -> Assessment:
     """Analyse one case; see the module docstring. Exactly one centre source must be given.
 
     ``segmentation`` is a label map (path or Volume, labels 1 kidney, 2 tumour, 3 cyst);
     ``segment_with`` an nnU-Net model folder (``segmenter`` may inject a ready ``SegmentationModel``).
+    ``number_safe``: True/False overrides the bundle's ``DecodingOptions.number_safe`` for the report.
     """
     import torch
 
@@ -325,7 +327,7 @@ def analyze_case(phases: Mapping, bundle: Bundle, center_lps=None, center_ras=No
     if report:
         rep.progress("report", 0.7, "generating the report")
         with _timed(timings, "report"):
-            report_out = _generate_report(bundle, x, greedy, warnings)
+            report_out = _generate_report(bundle, x, greedy, warnings, number_safe)
     if panel is not None:
         rep.progress("panel", 0.9, "drawing the ROI panel")
         with _timed(timings, "panel"):
@@ -357,11 +359,14 @@ def _panel_title(tasks: dict, neph: dict | None) -> str:
     return "  |  ".join(parts)
 
 
-def _generate_report(bundle: Bundle, x, greedy: bool, warnings: list) -> dict | None:
+def _generate_report(bundle: Bundle, x, greedy: bool, warnings: list,
+                     number_safe: bool | None = None) -> dict | None:
     gen = bundle.load_report_generator()
     if gen is None:
         warnings.append("the bundle has no report generator: no report")
         return None
+    if number_safe is not None:
+        gen.decoding.number_safe = bool(number_safe)
     from ..models.report_generator import split_report
 
     import torch

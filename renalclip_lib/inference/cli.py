@@ -66,7 +66,8 @@ def cmd_analyze(args) -> int:
     bundle = load_bundle(args.bundle, device=args.device, report=args.report)
     a = analyze_case(phases, bundle, center_lps=args.center_lps, center_ras=args.center_ras,
                      segmentation=args.segmentation, segment_with=args.segment_with, report=args.report,
-                     panel=args.panel, greedy=args.greedy, reporter=rep)
+                     panel=args.panel, greedy=args.greedy, reporter=rep,
+                     number_safe=True if args.number_safe else None)
     a.timings["bundle_load"] = round(bundle.load_seconds, 4)
     a.write(out)
     payload = {"assessment": str(out), "summary": a.summary(), "summary_line": a.summary_line(),
@@ -167,6 +168,8 @@ def add_inference_parsers(sub) -> None:
     a.add_argument("--out", required=True, help="assessment.json to write")
     a.add_argument("--report", action="store_true", help="also generate the radiology report")
     a.add_argument("--greedy", action="store_true", help="greedy decoding instead of beam search")
+    a.add_argument("--number-safe", action="store_true",
+                   help="exempt digits from the 3-gram block and repetition penalty (keeps measurements intact)")
     a.add_argument("--panel", help="also write a PNG of the ROI planes (what the model saw)")
     a.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     a.add_argument("--progress-json", action="store_true", help="JSON lines on stdout (for the Slicer module)")

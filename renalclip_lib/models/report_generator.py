@@ -239,11 +239,16 @@ class ReportGenerator(nn.Module):
         try:
             inputs = self.build_inputs(torch.as_tensor(features))
             d = self.decoding
+            constraints = {"repetition_penalty": d.repetition_penalty, "no_repeat_ngram_size": d.no_repeat_ngram_size}
+            if d.number_safe:
+                from .number_safe_decoding import number_safe_processors
+
+                constraints = {"repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "logits_processor":
+                               number_safe_processors(self.tokenizer, d.no_repeat_ngram_size, d.repetition_penalty)}
             out = self.llm.generate(
                 inputs_embeds=inputs["inputs_embeds"], attention_mask=inputs["attention_mask"],
                 max_new_tokens=int(max_new_tokens or d.max_new_tokens), do_sample=False,
-                num_beams=1 if greedy else d.num_beams, repetition_penalty=d.repetition_penalty,
-                no_repeat_ngram_size=d.no_repeat_ngram_size, early_stopping=not greedy and d.num_beams > 1,
+                num_beams=1 if greedy else d.num_beams, early_stopping=not greedy and d.num_beams > 1, **constraints,
                 bos_token_id=self.tokenizer.bos_token_id, eos_token_id=self.tokenizer.eos_token_id,
                 pad_token_id=self.tokenizer.pad_token_id)
         finally:
