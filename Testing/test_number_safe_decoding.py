@@ -134,3 +134,22 @@ def test_analyze_can_switch_number_safe_decoding_on_for_a_bundle_without_it():
     assert seen == [False] and out["impression"] == "Renal mass (2.6 cm)."
     _generate_report(bundle, x, False, [], number_safe=True)
     assert seen == [False, True]
+
+
+def test_a_bundle_can_carry_number_safe_decoding(tok, tmp_path):
+    from renalclip_lib.inference import build_bundle, load_bundle
+    from renalclip_lib.models.checkpoints import save_image_model
+    from renalclip_lib.models.image_encoder import ImageEncoder
+    from renalclip_lib.models.report_generator import ReportGenerator
+    from renalclip_lib.models.tiny_mistral import build_mistral, tiny_mistral_config
+
+    encoder = ImageEncoder(width=4)
+    save_image_model(tmp_path / "enc.pt", encoder)
+    llm = build_mistral(tiny_mistral_config(hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1,
+                                            intermediate_size=64), seed=0)
+    ReportGenerator(llm, tok, encoder.feature_dim, n_image_tokens=2).save(tmp_path / "gen")
+    for flag, want in ((None, False), (True, True)):
+        out = build_bundle(tmp_path / f"b{want}", report=tmp_path / "gen", report_encoder=tmp_path / "enc.pt",
+                           number_safe=flag)
+        assert load_bundle(out).load_report_generator().decoding.number_safe is want
+    assert ReportGenerator.load(tmp_path / "gen").decoding.number_safe is False     # the source is untouched

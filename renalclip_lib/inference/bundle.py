@@ -148,16 +148,26 @@ def _copy(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
+def _set_number_safe(report_dir: Path, on: bool) -> None:
+    from ..models.report_generator import CONFIG_FILE, FORMAT
+
+    path = report_dir / CONFIG_FILE
+    cfg = read_format_file(path, InvalidBundleError, FORMAT, "version", 1)
+    cfg.setdefault("decoding", {})["number_safe"] = on
+    atomic_write_json(path, cfg)
+
+
 def build_bundle(out, run_dir=None, init: str | None = None, encoder=None, heads=None, survival=None,
                  clip=None, zeroshot=None, report=None, report_encoder=None, synthetic: bool | None = None,
-                 internal_cohorts=None) -> Path:
+                 internal_cohorts=None, number_safe: bool | None = None) -> Path:
     """Assemble a bundle folder atomically (built beside ``out``, then renamed into place).
 
     From a run folder, components are found at their stage paths (``finetune/<init>/best.pt``,
     ``survival/<init>/best.pt`` + ``risk_threshold.json``, ``clip/best.pt``, ``clip/prompt_embeddings.npz``,
     ``report/model`` and the encoder its features came from); explicit paths override them. ``encoder`` (e.g. the authors' contrastive
     file) + ``heads`` (a checkpoint whose classifier heads fit that encoder) makes a tasks model
-    from the published encoder and our heads.
+    from the published encoder and our heads. ``number_safe`` True/False sets the report generator's
+    decoding (``DecodingOptions.number_safe``) in the bundle's copy; None keeps the generator's own.
     """
     from ..models.checkpoints import load_checkpoint, save_image_model
 
@@ -235,6 +245,8 @@ def build_bundle(out, run_dir=None, init: str | None = None, encoder=None, heads
             info["components"]["zeroshot"] = {"file": "zeroshot.npz"}
         if report is not None:
             _copy(Path(report), tmp / "report")
+            if number_safe is not None:
+                _set_number_safe(tmp / "report", bool(number_safe))
             save_image_model(tmp / "report_encoder.pt", load_checkpoint(report_encoder).encoder,
                              meta={"source": Path(report_encoder).name})
             info["components"]["report"] = {"folder": "report", "encoder": "report_encoder.pt"}
