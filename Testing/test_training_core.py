@@ -159,6 +159,9 @@ def test_shipped_configs_load():
     assert demo.attributes.optim.augment_rotate == demo.finetune.optim.augment_rotate == "z"
     assert paper.report.init == demo.report.init == "clip"         # the RenalCLIP encoder, as the paper
     assert demo.report.tiny.image_conditioned is True
+    d = paper.report.decoding                                         # Table 42 / the released decoding
+    assert (d.num_beams, d.repetition_penalty, d.no_repeat_ngram_size, d.max_new_tokens) == (4, 1.2, 3, 256)
+    assert d.number_safe is False and demo.report.decoding.number_safe is True
 
 
 def test_augment_shapes_ranges_and_seed():
