@@ -120,7 +120,8 @@ def test_analyze_can_switch_number_safe_decoding_on_for_a_bundle_without_it():
     seen = []
 
     class Generator:
-        decoding = DecodingOptions()
+        def __init__(self):
+            self.decoding = DecodingOptions()
 
         def generate_from_features(self, feats, greedy=False):
             seen.append(self.decoding.number_safe)
@@ -133,7 +134,7 @@ def test_analyze_can_switch_number_safe_decoding_on_for_a_bundle_without_it():
     out = _generate_report(bundle, x, False, [])
     assert seen == [False] and out["impression"] == "Renal mass (2.6 cm)."
     _generate_report(bundle, x, False, [], number_safe=True)
-    assert seen == [False, True]
+    assert seen == [False, True] and gen.decoding.number_safe is False   # for that report only
 
 
 def test_a_bundle_can_carry_number_safe_decoding(tok, tmp_path):

@@ -365,14 +365,20 @@ def _generate_report(bundle: Bundle, x, greedy: bool, warnings: list,
     if gen is None:
         warnings.append("the bundle has no report generator: no report")
         return None
-    if number_safe is not None:
-        gen.decoding.number_safe = bool(number_safe)
+    from dataclasses import replace
+
     from ..models.report_generator import split_report
 
     import torch
 
     with torch.no_grad():
         feats = bundle.report_encoder.features(x[:1])
-    text = gen.generate_from_features(feats, greedy=greedy)[0]
+    bundled = gen.decoding
+    if number_safe is not None:
+        gen.decoding = replace(bundled, number_safe=bool(number_safe))
+    try:
+        text = gen.generate_from_features(feats, greedy=greedy)[0]
+    finally:
+        gen.decoding = bundled
     findings, impression = split_report(text)
     return {"text": text, "findings": findings, "impression": impression}
