@@ -39,7 +39,7 @@ def _rows(path):
 def test_compare_runs_every_stage_and_writes_predictions(cohort):
     run = cohort / "run"
     args = ["train", "compare", "--config", "Resources/configs/demo.yaml", "--out", str(run),
-            "--set", f"data.cache={cohort / 'cache'}"] + QUICK
+            "--set", f"data.cache={cohort / 'cache'}", "--set", "compare.seeds=[0,1]"] + QUICK
     assert main(args) == 0
     from renalclip_lib.models import load_checkpoint
 
@@ -61,7 +61,28 @@ def test_compare_runs_every_stage_and_writes_predictions(cohort):
         assert ck.cox is not None
     table = (run / "compare.md").read_text(encoding="utf-8")
     assert "malignancy AUC" in table and "rfs_cindex" in table
-    json.loads((run / "compare.json").read_text(encoding="utf-8"))   # strict JSON (no NaN)
+    means = json.loads((run / "compare.json").read_text(encoding="utf-8"))   # strict JSON (no NaN)
+    # Seed 1 is a run of its own; each figure of the table is the mean over the two seeds of the
+    # AUC that scikit-learn gives on that seed's predictions.
+    from sklearn.metrics import roc_auc_score
+
+    def auc(rows):
+        y = [int(r["malignancy_true"]) for r in rows]
+        return roc_auc_score(y, [float(r["malignancy_prob"]) for r in rows]) if len(set(y)) == 2 else None
+
+    checked = 0
+    for init in ("random", "attributes"):
+        seed_rows = [_rows(run / "finetune" / tag / "predictions.csv") for tag in (init, f"{init}_seed1")]
+        assert [r["malignancy_prob"] for r in seed_rows[0]] != [r["malignancy_prob"] for r in seed_rows[1]]
+        for group, internal in (("internal_validation", True), ("combined_external", False)):
+            vals = [auc([r for r in rows if (r["cohort"] == "internal") == internal]) for rows in seed_rows]
+            vals = [v for v in vals if v is not None]
+            if vals:
+                assert means[init][group]["malignancy"] == pytest.approx(float(np.mean(vals)), abs=1e-9)
+                checked += 1
+    assert checked
+    assert json.loads((run / "compare_seeds.json").read_text(encoding="utf-8"))["seeds"] == [0, 1]
+    assert "+-" in table and "over 2 fine-tuning seeds" in table
     # Finished stages are not run again.
     mtime = (run / "attributes" / "best.pt").stat().st_mtime_ns
     assert main(args) == 0

@@ -63,6 +63,20 @@ class DataEfficiencyOptions:
 
 
 @dataclass
+class CompareOptions:
+    """``renalclip train compare``: fine-tuning and survival repeated over these seeds (the
+    pre-trained encoder is shared), reported as mean and standard deviation; empty = one run with
+    the configured seeds."""
+    seeds: list = field(default_factory=list)
+
+    def validate(self, source=None, where: str = "compare") -> "CompareOptions":
+        bad = [s for s in self.seeds if type(s) is not int]
+        if bad or len(set(self.seeds)) != len(self.seeds):
+            raise ConfigError(source, f"{where}.seeds must be distinct integers, found {self.seeds!r}")
+        return self
+
+
+@dataclass
 class EvaluationOptions:
     """The pipeline's evaluation stage (``renalclip evaluate`` on the joined predictions)."""
     bootstrap: int = 1000
@@ -173,6 +187,7 @@ class TrainConfig:
     finetune: FinetuneOptions = field(default_factory=FinetuneOptions)
     survival: SurvivalOptions = field(default_factory=SurvivalOptions)
     data_efficiency: DataEfficiencyOptions = field(default_factory=DataEfficiencyOptions)
+    compare: CompareOptions = field(default_factory=CompareOptions)
     evaluation: EvaluationOptions = field(default_factory=EvaluationOptions)
     text: TextOptions = field(default_factory=TextOptions)
     clip: ClipOptions = field(default_factory=ClipOptions)

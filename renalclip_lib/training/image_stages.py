@@ -78,8 +78,18 @@ def subsample(units: list[Unit], fraction: float, seed: int, stratify: str = "ma
     return [units[i] for i in sorted(keep)]
 
 
-def run_stage(stage: str, cfg: TrainConfig, run_dir, log=None, init: str | None = None) -> dict:
-    """Run one stage into ``run_dir/<stage>[/<init>]``; a finished stage is not run again."""
+def run_tag(cfg: TrainConfig, init: str, seed: int | None = None) -> str:
+    """The folder name of a fine-tuning or survival run: the init's name, with ``_seed<N>`` when a
+    seed other than ``finetune.optim.seed`` is asked for (so the configured seed keeps its folder)."""
+    stem = Path(init).stem
+    return stem if seed is None or seed == cfg.finetune.optim.seed else f"{stem}_seed{seed}"
+
+
+def run_stage(stage: str, cfg: TrainConfig, run_dir, log=None, init: str | None = None,
+              seed: int | None = None) -> dict:
+    """Run one stage into ``run_dir/<stage>[/<run_tag>]``; a finished stage is not run again.
+
+    ``seed`` overrides the fine-tuning and survival seeds (``renalclip train compare``'s repeats)."""
     run_dir = Path(run_dir)
     if stage == "attributes":
         from .attributes import run_attributes
@@ -89,33 +99,34 @@ def run_stage(stage: str, cfg: TrainConfig, run_dir, log=None, init: str | None 
             return {"skipped": str(out)}
         rois, train, val = attribute_units(cfg)
         return run_attributes(cfg, rois, train, val, out, log)
+    init = init or cfg.finetune.init
+    tag = run_tag(cfg, init, seed)
     if stage == "finetune":
         from .finetune import run_finetune
 
-        init = init or cfg.finetune.init
-        out = run_dir / "finetune" / Path(init).stem
+        out = run_dir / "finetune" / tag
         if is_finished(out) or (not cfg.finetune.joint and (out / "finished.json").exists()):
             return {"skipped": str(out)}
         rois, train, val, evaluated = lesion_units(cfg)
         if cfg.finetune.joint:
-            return run_finetune(cfg, rois, train, val, evaluated, run_dir, out, init, log=log)
+            return run_finetune(cfg, rois, train, val, evaluated, run_dir, out, init, seed=seed, log=log)
         results = {}
         for task in cfg.finetune.tasks:
-            results[task] = run_finetune(cfg, rois, train, val, evaluated, run_dir, out / task, init, tasks=[task], log=log)
+            results[task] = run_finetune(cfg, rois, train, val, evaluated, run_dir, out / task, init, tasks=[task],
+                                         seed=seed, log=log)
         merge_prediction_files([out / t / "predictions.csv" for t in cfg.finetune.tasks], out / "predictions.csv")
         atomic_write_text(out / "finished.json", "{}")
         return results
     if stage == "survival":
         from .survival import run_survival
 
-        init = init or cfg.finetune.init
-        out = run_dir / "survival" / Path(init).stem
+        out = run_dir / "survival" / tag
         if is_finished(out):
             return {"skipped": str(out)}
         rois, train, val, evaluated = lesion_units(cfg)
         ep = cfg.survival.endpoint
         return run_survival(cfg, rois, _known_survival(train, ep), _known_survival(val, ep), evaluated,
-                            run_dir, out, log, finetune_init=init)
+                            run_dir, out, log, finetune_init=tag, seed=seed)
     raise ConfigError(cfg.source, f"unknown image stage '{stage}' (attributes, finetune, survival)")
 
 

@@ -76,9 +76,14 @@ def _init_encoder(cfg: TrainConfig, run_dir, finetune_init: str):
 
 
 def run_survival(cfg: TrainConfig, rois, train_units: list[Unit], val_units: list[Unit], eval_units: list[Unit],
-                 run_dir, out_dir, log=None, ctx: DistContext | None = None, finetune_init: str = "attributes") -> dict:
+                 run_dir, out_dir, log=None, ctx: DistContext | None = None, finetune_init: str = "attributes",
+                 seed: int | None = None) -> dict:
+    """Train the Cox head (and encoder) on ``train_units`` and write risk predictions for ``eval_units``.
+
+    ``finetune_init`` names the fine-tuning run (a folder under ``run_dir/finetune``) the encoder
+    comes from when ``survival.init`` is "finetune"; ``seed`` overrides ``survival.optim.seed``."""
     sv = cfg.survival
-    opt = sv.optim
+    opt = sv.optim if seed is None else type(sv.optim)(**{**sv.optim.__dict__, "seed": seed})
     ctx = ctx or DistContext.from_env(cfg.device)
     torch.manual_seed(opt.seed)
     encoder = _init_encoder(cfg, run_dir, finetune_init)
