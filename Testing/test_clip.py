@@ -119,6 +119,42 @@ def test_two_processes_give_the_one_process_loss_and_update(tmp_path):
     np.testing.assert_allclose(two["conv"], one["conv"], atol=1e-5)
 
 
+def test_lesion_view_reads_the_lesion_centred_roi_of_the_lesion_kidney():
+    """``clip.lesion_view``: a lesion kidney is read from the lesion cache with the given
+    probability, the other kidney never; every ROI is filled with a value naming its cache and row."""
+    from renalclip_lib.data.augment import train_augment
+    from renalclip_lib.data.datasets import group_units
+    from renalclip_lib.training.clip_stage import ClipDataset, lesion_views
+
+    shape = (32, 140, 140)
+    kidney = np.stack([np.full(shape, -100 + 10 * r, np.int16) for r in range(4)])
+    lesion = np.stack([np.full(shape, 200 + 10 * r, np.int16) for r in range(3)])
+    kidney_index = [{"row": str(r), "unit": f"p{r // 2}:{side}", "patient_id": f"p{r // 2}", "side": side, "phase": "A"}
+                    for r, side in enumerate(("left", "right", "left", "right"))]
+    lesion_index = [{"row": "0", "unit": "p0", "patient_id": "p0", "side": "left", "phase": "A"},
+                    {"row": "1", "unit": "p0", "patient_id": "p0", "side": "left", "phase": "V"},
+                    {"row": "2", "unit": "p1", "patient_id": "p1", "side": "right", "phase": "A"}]
+    units = group_units(kidney_index)
+    rois, views = lesion_views(kidney, units, lesion, lesion_index)
+    assert sorted(views) == [0, 3]                       # p0's left and p1's right kidney hold the lesion
+    text = np.zeros((4, 2, 3), np.float32)
+
+    def values(prob, epochs):
+        ds = ClipDataset(rois, units, text, augment=train_augment(False, 0, "device", "cpu"), views=views, view_prob=prob)
+        return np.array([[int(ds[(e, i)]["image"][0, 0, 0, 0]) for i in range(4)] for e in range(epochs)])
+
+    assert (values(0.0, 20) == [-100, -90, -80, -70]).all()
+    always = values(1.0, 20)
+    assert set(always[:, 0]) == {200, 210} and set(always[:, 3]) == {220}     # p0 draws its A or V phase
+    assert (always[:, 1] == -90).all() and (always[:, 2] == -80).all()
+    half = values(0.5, 200)
+    assert 0.4 < (half[:, 0] >= 200).mean() < 0.6 and (half[:, 1] == -90).all()
+    # Evaluation (no augmentation) always reads the kidney-centred ROI.
+    ev = ClipDataset(rois, units, text, views=views, view_prob=1.0)
+    assert ev[0]["image"].shape == (1, 32, 128, 128)
+    assert torch.allclose(ev[0]["image"], torch.tensor((-100 + 200) / 500))   # the release's window of -100 HU
+
+
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory):
     from renalclip_lib.cli import main
@@ -141,7 +177,7 @@ def test_clip_stage_writes_what_evaluate_and_analyze_read(cohort):
     args = ["train", "clip", "--config", "Resources/configs/demo.yaml", "--out", str(run), "--quiet",
             "--set", f"data.cache={cohort / 'cache'}", "--set", f"data.manifest={cohort / 'cohort' / 'manifest.csv'}",
             "--set", "clip.init=random", "--set", "model.width=4", "--set", "clip.optim.epochs=2",
-            "--set", "clip.optim.num_workers=0", "--set", "clip.prompt_pairs=20"]
+            "--set", "clip.optim.num_workers=0", "--set", "clip.prompt_pairs=20", "--set", "clip.lesion_view=0.5"]
     assert main(args) == 0
     out = run / "clip"
     history = [json.loads(line) for line in (out / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]

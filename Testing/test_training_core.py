@@ -138,6 +138,7 @@ def test_config_validation_names_file_and_key(tmp_path):
                         ("survival:\n  endpoint: pfs\n", "'survival.endpoint' must be one of"),
                         ("finetune: [1, 2]\n", "'finetune' must be a mapping"),
                         ("compare:\n  seeds: [0, 0]\n", "compare.seeds must be distinct integers"),
+                        ("clip:\n  lesion_view: 1.5\n", "lesion_view must be in \\[0, 1\\]"),
                         ("compare:\n  seeds: [0, 1.5]\n", "compare.seeds must be distinct integers"),
                         ("model: {width: 16\n", "not valid YAML")]:
         bad = tmp_path / "bad.yaml"
@@ -165,6 +166,7 @@ def test_shipped_configs_load():
     assert (d.num_beams, d.repetition_penalty, d.no_repeat_ngram_size, d.max_new_tokens) == (4, 1.2, 3, 256)
     assert d.number_safe is False and demo.report.decoding.number_safe is True
     assert paper.compare.seeds == [] and demo.compare.seeds == [0, 1, 2]
+    assert paper.clip.lesion_view == 0.0                              # alignment on kidney-centred ROIs, as released
 
 
 def test_augment_shapes_ranges_and_seed():

@@ -143,6 +143,7 @@ class ClipOptions:
     init_temperature: float = 0.07
     max_logit_scale: float = 100.0
     flip: bool = False
+    lesion_view: float = 0.0          # probability that training reads a lesion kidney's lesion-centred ROI (0 = as released)
     prompts: str = ""                 # zero-shot prompt file; "" = Resources/prompts/zeroshot_prompt.json
     prompt_pairs: int = 1000
     prompt_pair_seed: int = 42
@@ -155,6 +156,7 @@ class ClipOptions:
                   (self.max_logit_scale > 1, "max_logit_scale must be > 1"),
                   (self.n_shuffles >= 0, "n_shuffles must be >= 0"), (self.text_max_length >= 8, "text_max_length must be >= 8"),
                   (self.text_batch_size >= 1, "text_batch_size must be >= 1"), (self.prompt_pairs >= 1, "prompt_pairs must be >= 1"),
+                  (0.0 <= self.lesion_view <= 1.0, "lesion_view must be in [0, 1]"),
                   (self.optim.batch_size >= 2, "optim.batch_size must be >= 2 (contrastive pairs need negatives)")]
         for ok, message in checks:
             if not ok:

@@ -94,7 +94,10 @@ class RoiDataset(Dataset):
 
     def __getitem__(self, key) -> dict:
         i = key[1] if isinstance(key, tuple) else key
-        unit = self.units[i]
+        return self.item_of(self.units[i], key, i)
+
+    def item_of(self, unit: Unit, key, i: int) -> dict:
+        """Item ``i`` (``key`` as in ``item_rng``) read from ``unit``'s ROIs."""
         if self.augment is not None:
             rng = self.item_rng(key)
             phase = list(unit.rows)[int(rng.integers(len(unit.rows)))]
