@@ -112,6 +112,7 @@ def run_compare(cfg: TrainConfig, run_dir, log=None) -> dict:
     run_stage("attributes", cfg, run_dir, log)
     configured = cfg.finetune.optim.seed
     seeds = list(cfg.compare.seeds) or [configured]
+    kept = configured if configured in seeds else seeds[0]
     per_seed = {}
     for seed in seeds:
         override = None if seed == configured else seed
@@ -122,7 +123,7 @@ def run_compare(cfg: TrainConfig, run_dir, log=None) -> dict:
             run_stage("survival", cfg, run_dir, log, init=init, seed=override)
             per_seed[seed][init] = summarize(cfg, run_dir / "finetune" / tag / "predictions.csv",
                                              run_dir / "survival" / tag / "predictions.csv")
-            if seed == seeds[0] or override is None:
+            if seed == kept:
                 merge_prediction_files([run_dir / "finetune" / tag / "predictions.csv",
                                         run_dir / "survival" / tag / "predictions.csv"], run_dir / f"predictions_{init}.csv")
     if len(seeds) == 1:
