@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -217,6 +218,25 @@ def test_bad_llm_folder_and_tokenizer_and_features(tok, tmp_path):
         _gen(tok).generate_from_features(torch.randn(2, 5))
 
 
+def test_folded_projector_on_raw_features_is_the_trained_one_on_standardised_features():
+    from renalclip_lib.models.report_generator import feature_standardisation, fold_standardisation
+
+    rng = np.random.default_rng(0)
+    raw = (rng.gamma(2.0, 1.0, (50, 12)) * rng.uniform(0.01, 30.0, 12)).astype(np.float32)   # post-ReLU-like scales
+    mean, std = feature_standardisation(raw)
+    np.testing.assert_allclose(mean, raw.mean(0), rtol=1e-5)
+    np.testing.assert_allclose(std, raw.std(0), rtol=1e-5)
+    torch.manual_seed(0)
+    proj = torch.nn.Linear(12, 6)
+    x = torch.from_numpy(raw)
+    with torch.no_grad():
+        expected = proj((x - torch.from_numpy(mean)) / torch.from_numpy(std))
+        fold_standardisation(proj, mean, std)
+        torch.testing.assert_close(proj(x), expected, rtol=1e-5, atol=1e-5)
+    const = np.ones((4, 3), np.float32)                       # a dead feature: std floored, no division by 0
+    assert np.all(np.isfinite(feature_standardisation(const)[1])) and feature_standardisation(const)[1].min() > 0
+
+
 def test_split_report():
     assert split_report("Findings: A mass.\nImpression: RCC.") == ("A mass.", "RCC.")
     assert split_report("impression: Normal. ") == ("", "Normal.")
@@ -224,6 +244,12 @@ def test_split_report():
 
 
 @pytest.mark.slow
+def _lesion_patients(manifest) -> set:
+    from renalclip_lib.training.report_stage import lesion_reports
+
+    return set(lesion_reports(manifest))
+
+
 def test_report_stage_end_to_end(tmp_path, capsys):
     from renalclip_lib.cli import main
     from renalclip_lib.phantom import write_cohort
@@ -247,6 +273,23 @@ def test_report_stage_end_to_end(tmp_path, capsys):
     gen = ReportGenerator.load(out / "model")
     assert gen.feature_dim == 32 and gen.n_image_tokens == 8
     assert (out / "llm" / "projector.pt").exists()                 # the stand-in LLM learnt with image tokens
+    # demo.yaml standardises the features in training; the saved projector takes raw features.
+    from renalclip_lib.data.roi_cache import open_cache
+
+    assert json.loads((out / "finished.json").read_text(encoding="utf-8"))["standardized_features"] is True
+    _, index = open_cache(tmp_path / "cache", "lesion")
+    train_rows = [i for i, r in enumerate(index) if r["cohort"] in ("pretrain", "internal")
+                  and r["split"] not in ("val", "test") and r["patient_id"] in {u for u in _lesion_patients(manifest)}]
+    raw = np.load(out / "features.npz")["features"]
+    stats = np.load(out / "feature_stats.npz")
+    assert sorted(stats["rows"].tolist()) == sorted(train_rows)
+    np.testing.assert_allclose(stats["mean"], raw[train_rows].mean(0), rtol=1e-4, atol=1e-6)
+    trained = torch.load(out / "stage_b" / "best.pt", weights_only=True)["state"]
+    x = torch.from_numpy(raw)
+    with torch.no_grad():
+        on_std = torch.nn.functional.linear((x - torch.from_numpy(stats["mean"])) / torch.from_numpy(stats["std"]),
+                                            trained["projector.weight"], trained["projector.bias"])
+        torch.testing.assert_close(gen.projector(x), on_std, rtol=1e-4, atol=1e-4)
     assert main(["evaluate", "--model", f"gen={out / 'predictions.csv'}", "--out", str(tmp_path / "eval"),
                  "--bootstrap", "20"]) == 0
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text(encoding="utf-8"))

@@ -166,6 +166,7 @@ def test_shipped_configs_load():
     assert (d.num_beams, d.repetition_penalty, d.no_repeat_ngram_size, d.max_new_tokens) == (4, 1.2, 3, 256)
     assert d.number_safe is False and demo.report.decoding.number_safe is True
     assert paper.compare.seeds == [] and demo.compare.seeds == [0, 1, 2]
+    assert paper.report.standardize_features is False and demo.report.standardize_features is True
     assert paper.clip.lesion_view == 0.0                              # alignment on kidney-centred ROIs, as released
 
 

@@ -28,6 +28,7 @@ import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -108,6 +109,25 @@ def load_tokenizer(folder):
 
 def _folder_bytes(folder: Path) -> int:
     return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+
+
+def feature_standardisation(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-dimension mean and standard deviation (floored at 1e-6) of ``(n, F)`` image features."""
+    f = np.asarray(features, np.float64)
+    return f.mean(0).astype(np.float32), np.maximum(f.std(0), 1e-6).astype(np.float32)
+
+
+@torch.no_grad()
+def fold_standardisation(projector: nn.Linear, mean, std) -> None:
+    """Make ``projector(x)`` equal what it gave on ``(x - mean) / std``, in place: training on
+    standardised features is a preconditioner; the saved projector is the released plain
+    ``Linear`` on raw encoder features."""
+    w = projector.weight
+    scale = torch.as_tensor(np.asarray(std), dtype=torch.float64, device=w.device)
+    shift = torch.as_tensor(np.asarray(mean), dtype=torch.float64, device=w.device)
+    w64 = w.double() / scale
+    projector.bias.copy_((projector.bias.double() - w64 @ shift).to(w.dtype))
+    w.copy_(w64.to(w.dtype))
 
 
 class ReportGenerator(nn.Module):

@@ -58,6 +58,7 @@ class ReportOptions:
     image_tokens: int = 8
     max_report_tokens: int = 256
     align_cohorts: list = field(default_factory=lambda: ["pretrain"])   # stage A data (stage B: data.train_cohorts)
+    standardize_features: bool = False   # train the projector on standardised features, fold them in at the end
     tiny: TinyLLMOptions = field(default_factory=TinyLLMOptions)
     lora: LoraOptions = field(default_factory=LoraOptions)
     decoding: DecodingConfig = field(default_factory=DecodingConfig)

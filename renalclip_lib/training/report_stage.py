@@ -21,6 +21,12 @@ Steps, each resumable and skipped once finished (all under ``RUN/report/``):
    ``val``/``test`` patient of the other cohorts that has a reference report (``report_true``,
    ``report_pred``: the input of ``renalclip evaluate``).
 
+With ``report.standardize_features`` every step trains on features standardised by the mean and
+standard deviation of the training patients' ROIs (a preconditioner for the projector; README,
+report generation; ``feature_stats.npz`` keeps them); before ``model/`` is written the projector is
+folded back onto raw features (``fold_standardisation``), so the saved generator is the released
+architecture and takes the encoder's features as they come.
+
 Usage::
 
     run_report(cfg, "run")          # or: renalclip train report --config demo.yaml --out run
@@ -43,6 +49,7 @@ from ..data.datasets import Unit, group_units
 from ..data.roi_cache import open_cache
 from ..errors import ConfigError, ManifestError
 from ..extraction.report_text import format_report
+from ..models.report_generator import feature_standardisation, fold_standardisation
 from .distributed import DistContext
 from .loop import fit, is_finished
 from .options import OptimOptions
@@ -377,6 +384,14 @@ def run_report(cfg: TrainConfig, run_dir, log=None, init: str | None = None, ctx
     e_units, e_reps = _units_with_reports(index, reports, lambda r: r["cohort"] not in pre and r["split"] in EVAL_SPLITS)
     if not a_units and not b_units:
         raise ManifestError(cfg.data.manifest, "no training patient with a lesion side and a report")
+    raw_feats, stats = feats, None
+    if rc.standardize_features:
+        train_rows = sorted({int(r["row"]) for u in a_units + b_units for r in u.rows.values()})
+        stats = feature_standardisation(raw_feats[train_rows])
+        feats = (raw_feats - stats[0]) / stats[1]
+        with atomic_path(out / "feature_stats.npz", ".npz") as tmp:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, mean=stats[0], std=stats[1], rows=np.asarray(train_rows))
 
     if rc.llm:
         llm_dir = Path(rc.llm)
@@ -414,9 +429,12 @@ def run_report(cfg: TrainConfig, run_dir, log=None, init: str | None = None, ctx
         gen.load_state_dict(torch.load(out / "stage_b" / "best.pt", map_location="cpu", weights_only=True)["state"])
     if not ctx.is_main:
         return results
+    if stats is not None:
+        fold_standardisation(gen.projector, *stats)
     gen.save(out / "model")
-    pred_path = write_predictions(gen, feats, e_units, e_reps, out / "predictions.csv", rc.decoding.greedy, log)
+    pred_path = write_predictions(gen, raw_feats, e_units, e_reps, out / "predictions.csv", rc.decoding.greedy, log)
     summary = {"model": str(out / "model"), "predictions": str(pred_path), "llm": str(llm_dir),
+               "standardized_features": stats is not None,
                "n_align": len(a_units), "n_train": len(b_units), "n_val": len(v_units), "n_predicted": len(e_units),
                **{f"{k}_best_val_loss": v["best"] for k, v in results.items()}}
     atomic_write_json(out / "finished.json", summary)
