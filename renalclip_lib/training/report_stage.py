@@ -389,9 +389,10 @@ def run_report(cfg: TrainConfig, run_dir, log=None, init: str | None = None, ctx
         train_rows = sorted({int(r["row"]) for u in a_units + b_units for r in u.rows.values()})
         stats = feature_standardisation(raw_feats[train_rows])
         feats = (raw_feats - stats[0]) / stats[1]
-        with atomic_path(out / "feature_stats.npz", ".npz") as tmp:
-            with open(tmp, "wb") as fh:
-                np.savez(fh, mean=stats[0], std=stats[1], rows=np.asarray(train_rows))
+        if ctx.is_main:
+            with atomic_path(out / "feature_stats.npz", ".npz") as tmp:
+                with open(tmp, "wb") as fh:
+                    np.savez(fh, mean=stats[0], std=stats[1], rows=np.asarray(train_rows))
 
     if rc.llm:
         llm_dir = Path(rc.llm)
