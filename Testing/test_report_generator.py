@@ -244,12 +244,6 @@ def test_split_report():
 
 
 @pytest.mark.slow
-def _lesion_patients(manifest) -> set:
-    from renalclip_lib.training.report_stage import lesion_reports
-
-    return set(lesion_reports(manifest))
-
-
 def test_report_stage_end_to_end(tmp_path, capsys):
     from renalclip_lib.cli import main
     from renalclip_lib.phantom import write_cohort
@@ -275,11 +269,12 @@ def test_report_stage_end_to_end(tmp_path, capsys):
     assert (out / "llm" / "projector.pt").exists()                 # the stand-in LLM learnt with image tokens
     # demo.yaml standardises the features in training; the saved projector takes raw features.
     from renalclip_lib.data.roi_cache import open_cache
+    from renalclip_lib.training.report_stage import lesion_reports
 
     assert json.loads((out / "finished.json").read_text(encoding="utf-8"))["standardized_features"] is True
     _, index = open_cache(tmp_path / "cache", "lesion")
     train_rows = [i for i, r in enumerate(index) if r["cohort"] in ("pretrain", "internal")
-                  and r["split"] not in ("val", "test") and r["patient_id"] in {u for u in _lesion_patients(manifest)}]
+                  and r["split"] not in ("val", "test") and r["patient_id"] in lesion_reports(manifest)]
     raw = np.load(out / "features.npz")["features"]
     stats = np.load(out / "feature_stats.npz")
     assert sorted(stats["rows"].tolist()) == sorted(train_rows)
