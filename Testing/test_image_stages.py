@@ -103,3 +103,27 @@ def test_phase_fusion_and_data_efficiency(cohort):
     assert {(r["model"], r["fraction"], r["seed"]) for r in de} == {("random", "0.5", "0"), ("random", "1.0", "0")}
     assert {r["task"] for r in de} == set(TASKS[t].name for t in ("renal_R", "renal_E", "renal_N", "renal_A", "renal_L",
                                                                    "malignancy", "aggressiveness"))
+
+
+def test_the_roi_cache_on_the_device_trains_the_same_model(cohort, monkeypatch):
+    """``optim.device_cache: always`` (rows from the loader, ROIs gathered from the cache held on the
+    device, here the CPU) trains and predicts exactly what reading the memory-mapped cache does."""
+    from renalclip_lib.data.device_cache import DeviceRois
+
+    gathered = []
+    gather = DeviceRois.gather
+    monkeypatch.setattr(DeviceRois, "gather", lambda self, rows, crop: gathered.append(crop) or gather(self, rows, crop))
+    preds = {}
+    for mode in ("never", "always"):
+        run = cohort / f"run_cache_{mode}"
+        assert main(["train", "finetune", "--config", "Resources/configs/demo.yaml", "--out", str(run),
+                     "--set", f"data.cache={cohort / 'cache'}", "--set", "finetune.init=random",
+                     "--set", "finetune.optim.augment_on=device", "--set", "finetune.optim.epochs=2",
+                     "--set", f"finetune.optim.device_cache={mode}"] + QUICK) == 0
+        preds[mode] = _rows(run / "finetune" / "random" / "predictions.csv")
+    assert len(preds["always"]) == len(preds["never"]) > 0
+    assert set(gathered) == {True, False}       # training batches (raw) and evaluation batches (cropped)
+    for a, b in zip(preds["never"], preds["always"]):
+        assert a["patient_id"] == b["patient_id"]
+        assert float(a["malignancy_prob"]) == pytest.approx(float(b["malignancy_prob"]), abs=1e-6)
+        assert float(a["renal_R_prob_2"]) == pytest.approx(float(b["renal_R_prob_2"]), abs=1e-6)

@@ -8,7 +8,7 @@ torch = pytest.importorskip("torch")
 
 from renalclip_lib.config import load_config  # noqa: E402
 from renalclip_lib.data.augment import DeviceAugment, TrainAugment, train_augment  # noqa: E402
-from renalclip_lib.data.datasets import RoiDataset, group_units  # noqa: E402
+from renalclip_lib.data.datasets import RoiDataset, batch_images, group_units  # noqa: E402
 from renalclip_lib.data.roi_cache import CaseImages, build_cache, open_cache  # noqa: E402
 from renalclip_lib.errors import ConfigError, MissingFileError, RenalCLIPError  # noqa: E402
 from renalclip_lib.io import Volume, write_volume  # noqa: E402
@@ -305,6 +305,18 @@ def test_device_augment_draws_the_table_40_ranges():
         assert 0.5 <= p[:, 13].min() and p[:, 13].max() <= 2.0
 
 
+def test_device_augment_matrices_are_monai_rotate_translate_scale():
+    from monai.transforms.utils import create_rotate, create_scale, create_translate
+
+    rng = np.random.default_rng(11)
+    params = np.stack([DeviceAugment(flip=True).draw(rng) for _ in range(6)]).astype(np.float64)
+    params[0, 0:3] = [0.3, -0.2, 0.25]
+    got = DeviceAugment.matrices(torch.as_tensor(params)).numpy()
+    for p, m in zip(params, got):
+        ref = create_rotate(3, p[0:3]) @ create_translate(3, (0.0, p[3], p[4])) @ create_scale(3, (1.0, p[5], p[6]))
+        np.testing.assert_allclose(m, ref, atol=1e-12)
+
+
 def test_train_augment_picks_the_device_on_a_gpu_only():
     assert isinstance(train_augment(True, 0, "auto", "cpu"), TrainAugment)
     assert isinstance(train_augment(True, 0, "auto", "cuda"), DeviceAugment)
@@ -389,6 +401,59 @@ def test_dataset_draws_every_available_phase_in_training():
     assert round(float(ev[0]["image"].mean()) * 500 - 200) == 100  # arterial
 
 
+def test_raw_evaluation_items_windowed_on_the_device_are_the_model_input():
+    """``RoiDataset(raw=True)`` hands over the int16 HU crop; ``batch_images`` windows it to exactly
+    the float input the default item (``to_model_input`` in the loader) gives."""
+    rois = np.random.default_rng(4).normal(30, 400, (4, 32, 140, 140)).clip(-1024, 3000).astype(np.int16)
+    index = [{"row": str(i), "unit": f"u{i // 2}", "patient_id": "p", "phase": ph} for i, ph in enumerate("AVAV")]
+    units = group_units(index)
+    raw = RoiDataset(rois, units, np.zeros((2, 1)), raw=True)
+    plain = RoiDataset(rois, units, np.zeros((2, 1)))
+    assert raw[1]["image"].dtype == torch.int16 and raw[1]["image"].shape == (1, 32, 128, 128)
+    loader = torch.utils.data.DataLoader(raw, batch_size=2)
+    x = batch_images(next(iter(loader)), torch.device("cpu"))
+    assert x.dtype == torch.float32
+    assert torch.equal(x, torch.stack([plain[0]["image"], plain[1]["image"]]))
+    assert torch.equal(batch_images({"image": x}, torch.device("cpu")), x)
+
+
+def test_loader_over_the_cache_on_the_device_gives_the_same_batches():
+    """With the cache held on the device the loader yields rows and gathers the ROIs there: the
+    batches equal those read from the memory-mapped cache, in training (raw ROI and augmentation
+    parameters) and in evaluation (the centre crop in HU)."""
+    from renalclip_lib.data.device_cache import DeviceCacheLoader, DeviceRois, device_cache
+    from renalclip_lib.training.common import make_loader
+
+    rois = np.random.default_rng(8).normal(40, 300, (10, 32, 140, 140)).astype(np.int16)
+    units = group_units([{"row": str(i), "unit": f"u{i // 2}", "patient_id": f"p{i // 2}", "phase": "AV"[i % 2]}
+                         for i in range(10)])
+    targets = np.arange(5, dtype=np.float32)[:, None]
+    on_device = device_cache(rois, "always", "cpu")
+    assert isinstance(on_device, DeviceRois)
+    assert device_cache(rois, "never", "cpu") is None and device_cache(rois, "auto", "cpu") is None
+    with pytest.raises(ValueError, match="device_cache"):
+        device_cache(rois, "sometimes", "cpu")
+
+    def batches(dataset_kwargs, train, cache):
+        ds = RoiDataset(rois, units, targets, seed=3, **dataset_kwargs)
+        loader = make_loader(ds, 2, train, seed=1, device_cache=cache)
+        assert isinstance(loader, DeviceCacheLoader) == (cache is not None)
+        if train:
+            loader.sampler.set_epoch(1)
+        return list(loader)
+
+    for kwargs, train in (({"augment": DeviceAugment(flip=True)}, True), ({"raw": True}, False)):
+        plain, gathered = batches(kwargs, train, None), batches(kwargs, train, on_device)
+        assert len(plain) == len(gathered) > 1
+        for a, b in zip(plain, gathered):
+            assert set(a) == set(b) and torch.equal(a["image"], b["image"]) and a["image"].dtype == torch.int16
+            assert torch.equal(a["index"], b["index"]) and torch.equal(a["target"], b["target"])
+            assert train == ("aug" in b) and (not train or torch.equal(a["aug"], b["aug"]))
+    # A training set augmented by MONAI in the loader keeps reading the memory-mapped cache.
+    ds = RoiDataset(rois, units, targets, augment=TrainAugment(flip=True, seed=0))
+    assert not isinstance(make_loader(ds, 2, True, device_cache=on_device), DeviceCacheLoader)
+
+
 def test_one_process_and_two_see_the_same_global_batches():
     """Rank r of 2 with batch 4 loads its share of the global batch of 8 that one process loads,
     with the same (epoch, index) keys, so augmentations match too."""
@@ -432,6 +497,26 @@ def test_metric_helpers_match_scikit_learn():
     assert np.isnan(auc_score(np.ones(5), rng.random(5)))
     w = class_weights(np.array([0, 0, 0, 1, np.nan]), 3)
     assert w[2] == 0 and w[1] == pytest.approx(3 * w[0]) and w[:2].mean() == pytest.approx(1.0)
+
+
+def test_masked_cross_entropy_is_torchs_on_the_known_rows():
+    from renalclip_lib.training.common import masked_cross_entropy
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(9, 3, generator=g, requires_grad=True)
+    target = torch.tensor([0, 2, float("nan"), 1, -1, 2, 2, 0, float("nan")])
+    known = ~torch.isnan(target) & (target >= 0)
+    weight = torch.tensor([0.5, 2.0, 1.5])
+    for w in (None, weight):
+        got = masked_cross_entropy(logits, target, w)
+        ref = torch.nn.functional.cross_entropy(logits[known], target[known].long(), weight=w)
+        torch.testing.assert_close(got, ref, rtol=1e-6, atol=1e-7)
+        g_got, = torch.autograd.grad(got, logits)
+        g_ref, = torch.autograd.grad(ref, logits)
+        torch.testing.assert_close(g_got, g_ref, rtol=1e-6, atol=1e-7)
+    none_known = masked_cross_entropy(logits, torch.full((9,), float("nan")), weight)
+    assert float(none_known) == 0.0
+    assert torch.count_nonzero(torch.autograd.grad(none_known, logits)[0]) == 0
 
 
 def test_shutdown_leaves_the_process_group_and_is_a_no_op_without_one(tmp_path):

@@ -24,6 +24,10 @@ ROI_SHAPE_XYZ = (140, 140, 32)
 CROP_SHAPE_XYZ = (128, 128, 32)
 # Where training augmentation runs: "auto" (the GPU when training on one), loader workers, the device.
 AUGMENT_ON = ("auto", "cpu", "device")
+# Whether a stage copies the whole ROI cache onto the training device: "auto" (on a GPU, when it
+# takes at most DEVICE_CACHE_MAX_SHARE of the free GPU memory), "always", "never" (optim.device_cache).
+DEVICE_CACHE = ("auto", "always", "never")
+DEVICE_CACHE_MAX_SHARE = 0.4
 # Axes Table 40's rotation (+-pi/10) turns about: all three as the paper, or the axial plane only.
 AUGMENT_ROTATE = ("xyz", "z")
 

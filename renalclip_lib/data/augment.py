@@ -129,42 +129,52 @@ class DeviceAugment:
         return p
 
     @staticmethod
-    def matrix(p) -> torch.Tensor:
-        """MONAI's 4 x 4 affine of one ROI's parameters (rotate @ translate @ scale, z-y-x axes)."""
-        from monai.transforms.utils import create_rotate, create_scale, create_translate
-
-        p = [float(v) for v in p]
-        return torch.as_tensor(create_rotate(3, p[0:3]) @ create_translate(3, (0.0, p[3], p[4]))
-                               @ create_scale(3, (1.0, p[5], p[6])), dtype=torch.float32)
+    def matrices(params: torch.Tensor) -> torch.Tensor:
+        """MONAI's 4 x 4 affines (rotate @ translate @ scale, z-y-x axes) of a batch of parameters,
+        (B, 14) -> (B, 4, 4) float64: ``create_rotate(3, p[0:3]) @ create_translate(3, (0, p[3], p[4]))
+        @ create_scale(3, (1, p[5], p[6]))`` for every ROI at once."""
+        p = params.double()
+        b = p.shape[0]
+        eye = torch.eye(4, dtype=p.dtype, device=p.device).expand(b, 4, 4)
+        out = eye.clone()
+        for axis, a in zip("xyz", p[:, 0:3].unbind(1)):    # MONAI's intrinsic "XYZ" order
+            c, s = torch.cos(a), torch.sin(a)
+            r = eye.clone()
+            (i, j), sign = {"x": ((1, 2), 1.0), "y": ((0, 2), -1.0), "z": ((0, 1), 1.0)}[axis]
+            r[:, i, i], r[:, j, j] = c, c
+            r[:, i, j], r[:, j, i] = -sign * s, sign * s
+            out = out @ r
+        translate_scale = eye.clone()
+        translate_scale[:, 1, 1], translate_scale[:, 2, 2] = p[:, 5], p[:, 6]
+        translate_scale[:, 1, 3], translate_scale[:, 2, 3] = p[:, 3], p[:, 4]
+        return out @ translate_scale
 
     def __call__(self, hu: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
         """(B, 1, 32, 140, 140) HU (any dtype) and (B, 14) parameters -> (B, 1, 32, 128, 128) in (z, x, y)."""
         x = window_torch(hu)
         b, _, nz, ny, nx = x.shape
         cx, cy, _ = CROP_SHAPE_XYZ
-        params = params.detach().cpu().double()
+        params = params.detach().to(x.device, torch.float64)
         key = ((nz, ny, nx), str(x.device))
         if key not in self._grids:
             self._grids[key] = torch.as_tensor(self._create_grid(key[0], backend="torch"), dtype=torch.float32,
-                                               device=x.device)
-        base = self._grids[key]
-        crops = torch.stack([base[:, :, int(q[7]):int(q[7]) + cy, int(q[8]):int(q[8]) + cx].reshape(4, -1) for q in params])
-        mats = torch.stack([self.matrix(q) for q in params]).to(x.device)
-        coords = (mats @ crops).reshape(b, 4, nz, cy, cx)
-        flipped = (params[:, 9] > 0.5).to(x.device).reshape(b, 1, 1, 1, 1)
+                                               device=x.device)[:, :, :cy, :cx].reshape(4, -1)
+        offsets = torch.zeros(b, 4, 1, dtype=torch.float32, device=x.device)
+        offsets[:, 1, 0], offsets[:, 2, 0] = params[:, 7].floor(), params[:, 8].floor()
+        coords = (self.matrices(params).float() @ (self._grids[key] + offsets)).reshape(b, 4, nz, cy, cx)
+        flipped = (params[:, 9] > 0.5).reshape(b, 1, 1, 1, 1)
         coords = torch.where(flipped, coords.flip(-1), coords)
         scale = torch.tensor([2.0 / nx, 2.0 / ny, 2.0 / nz], device=x.device)
         grid = coords[:, [2, 1, 0]].permute(0, 2, 3, 4, 1) * scale
         out = torch.nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
         shape = (b, 1, 1, 1, 1)
-        p = params.to(device=x.device, dtype=torch.float32)
+        p = params.float()
         out = out * (1.0 + p[:, 10].reshape(shape)) + p[:, 11].reshape(shape)
-        gamma_on = p[:, 12] > 0.5
-        if bool(gamma_on.any()):
+        if self.intensity:      # for every ROI, kept where drawn: no wait for the GPU to decide
             lo = out.amin(dim=(1, 2, 3, 4), keepdim=True)
             span = out.amax(dim=(1, 2, 3, 4), keepdim=True) - lo
             adjusted = ((out - lo) / (span + 1e-7)) ** p[:, 13].reshape(shape) * span + lo
-            out = torch.where(gamma_on.reshape(shape), adjusted, out)
+            out = torch.where((p[:, 12] > 0.5).reshape(shape), adjusted, out)
         return out.permute(0, 1, 2, 4, 3).contiguous()
 
     def apply_batch(self, batch: dict, device: torch.device) -> dict:

@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..constants import PHASES, REFERENCE_PHASE_ORDER
-from ..preprocess.roi import to_model_input
+from ..preprocess.roi import crop_hu, to_model_input, window_torch
 
 
 @dataclass
@@ -68,17 +68,22 @@ class RoiDataset(Dataset):
 
     ``targets`` is an (n_units, T) float array (NaN = unknown). With ``augment`` set, a random
     available phase is drawn per item; otherwise the evaluation phase (or ``phases`` fused by the
-    caller) is used with the centre crop.
+    caller) is used with the centre crop. With ``raw`` the evaluation item is that crop in HU (int16,
+    half the bytes to copy; no float work in the loader) and ``batch_images`` windows it on the
+    device. With ``rows_only`` (set by ``training.common.make_loader`` for a cache held on the device,
+    ``data.device_cache``) an item carries the ROI's cache ``row`` instead of ``image``.
     """
 
     def __init__(self, rois: np.ndarray, units: list[Unit], targets: np.ndarray, augment=None,
-                 phase: str | None = None, seed: int = 0):
+                 phase: str | None = None, seed: int = 0, raw: bool = False):
         self.rois = rois
         self.units = units
         self.targets = np.asarray(targets, np.float32).reshape(len(units), -1)
         self.augment = augment
         self.phase = phase
         self.seed = seed
+        self.raw = raw
+        self.rows_only = False
 
     def __len__(self) -> int:
         return len(self.units)
@@ -89,25 +94,33 @@ class RoiDataset(Dataset):
         epoch, i = key if isinstance(key, tuple) else (0, key)
         return np.random.default_rng([self.seed, int(epoch), int(i), stream])
 
-    def _roi(self, unit: Unit, phase: str) -> np.ndarray:
-        return np.asarray(self.rois[int(unit.rows[phase]["row"])], dtype=np.float32)
-
     def __getitem__(self, key) -> dict:
         i = key[1] if isinstance(key, tuple) else key
         return self.item_of(self.units[i], key, i)
 
     def item_of(self, unit: Unit, key, i: int) -> dict:
         """Item ``i`` (``key`` as in ``item_rng``) read from ``unit``'s ROIs."""
+        item = {"target": torch.from_numpy(self.targets[i]), "index": i}
         if self.augment is not None:
             rng = self.item_rng(key)
-            phase = list(unit.rows)[int(rng.integers(len(unit.rows)))]
+            row = int(unit.rows[list(unit.rows)[int(rng.integers(len(unit.rows)))]]["row"])
             if getattr(self.augment, "on_device", False):
-                raw = torch.from_numpy(np.array(self.rois[int(unit.rows[phase]["row"])]))[None]
-                return {"image": raw, "aug": torch.from_numpy(self.augment.draw(rng)),
-                        "target": torch.from_numpy(self.targets[i]), "index": i}
+                item["aug"] = torch.from_numpy(self.augment.draw(rng))
+                if self.rows_only:
+                    return {**item, "row": row}
+                return {**item, "image": torch.from_numpy(np.array(self.rois[row]))[None]}
             self.augment.set_seed(int(rng.integers(2**31)))
-            image = self.augment(self._roi(unit, phase))
+            image = self.augment(np.asarray(self.rois[row], dtype=np.float32))
         else:
-            phase = self.phase if self.phase in unit.rows else unit.eval_phase()
-            image = torch.from_numpy(to_model_input(self._roi(unit, phase)))
-        return {"image": image, "target": torch.from_numpy(self.targets[i]), "index": i}
+            row = int(unit.rows[self.phase if self.phase in unit.rows else unit.eval_phase()]["row"])
+            if self.rows_only:
+                return {**item, "row": row}
+            image = torch.from_numpy(crop_hu(self.rois[row]) if self.raw else to_model_input(np.asarray(self.rois[row], np.float32)))
+        return {**item, "image": image}
+
+
+def batch_images(batch: dict, device) -> torch.Tensor:
+    """A loader batch's images as the encoder's float input on ``device``: HU crops (integer dtype,
+    ``RoiDataset(raw=True)``) are windowed there, windowed ones pass as they are."""
+    x = batch["image"].to(device, non_blocking=True)
+    return x if x.is_floating_point() else window_torch(x)

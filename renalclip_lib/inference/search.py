@@ -182,7 +182,7 @@ def build_index(out_dir, clip, manifest, cache=None, cohorts=None, device: str =
             raise ManifestError(manifest, "no kidney ROI to index (every case was skipped)")
         dev = torch.device(device)
         encoder = ck.encoder.to(dev).eval()
-        ds = RoiDataset(rois, units, np.zeros((len(units), 0), np.float32))
+        ds = RoiDataset(rois, units, np.zeros((len(units), 0), np.float32), raw=True)
         loader = torch.utils.data.DataLoader(ds, batch_size=max(1, int(batch_size)), shuffle=False)
         if log:
             log(f"embedding {len(units)} kidneys")

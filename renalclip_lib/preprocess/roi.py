@@ -98,7 +98,9 @@ def window(hu: np.ndarray, level: float = WINDOW_LEVEL_HU, width: float = WINDOW
 def window_torch(hu, level: float = WINDOW_LEVEL_HU, width: float = WINDOW_WIDTH_HU):
     """``window`` for a torch tensor of any dtype, on its device (float32 result)."""
     lo = level - width / 2.0
-    return ((hu.float() - lo) / width).clamp(0.0, 1.0)
+    x = hu.float()
+    x = x.clone() if x is hu else x
+    return x.sub_(lo).div_(width).clamp_(0.0, 1.0)
 
 
 def to_model_input(roi: Volume, crop: str = "center", rng: np.random.Generator | None = None) -> np.ndarray:
@@ -107,6 +109,13 @@ def to_model_input(roi: Volume, crop: str = "center", rng: np.random.Generator |
     ``crop="center"`` (inference) takes voxels 6..133 in x and y; ``crop="random"`` (training)
     draws the offset uniformly from 0..12 in each of x and y with ``rng``.
     """
+    return np.ascontiguousarray(window(crop_hu(roi, crop, rng)), dtype=np.float32)
+
+
+def crop_hu(roi: Volume, crop: str = "center", rng: np.random.Generator | None = None) -> np.ndarray:
+    """``to_model_input`` before the window: the crop in HU, (1, 32, 128, 128) in (z, x, y) order, in
+    the ROI's own dtype (int16 from the ROI cache: half the bytes of the float32 input, and windowed
+    on the device by ``window_torch``)."""
     arr = roi.array if isinstance(roi, Volume) else np.asarray(roi)
     expected = tuple(reversed(ROI_SHAPE_XYZ))
     if arr.shape != expected:
@@ -121,5 +130,4 @@ def to_model_input(roi: Volume, crop: str = "center", rng: np.random.Generator |
         x0, y0 = int(rng.integers(0, free_x + 1)), int(rng.integers(0, free_y + 1))
     else:
         raise ValueError(f"crop must be 'center' or 'random', not {crop!r}")
-    sub = arr[:, y0:y0 + cy, x0:x0 + cx]
-    return np.ascontiguousarray(window(sub).transpose(0, 2, 1)[None], dtype=np.float32)
+    return np.ascontiguousarray(arr[:, y0:y0 + cy, x0:x0 + cx].transpose(0, 2, 1)[None])

@@ -15,7 +15,8 @@ import torch
 
 from ..config import TrainConfig
 from ..data.augment import train_augment
-from ..data.datasets import RoiDataset, Unit
+from ..data.datasets import RoiDataset, Unit, batch_images
+from ..data.device_cache import device_cache
 from ..models import AttributeHead, ImageEncoder, ImageTaskModel, save_image_model
 from ..questionnaire import QUESTIONS
 from .common import auc_score, make_loader, masked_cross_entropy, nanmean, predict_logits, softmax
@@ -36,7 +37,7 @@ class AttributeTask:
         return [{"params": list(model.parameters()), "lr": cfg.lr}]
 
     def loss(self, model, batch, device):
-        _, logits = model(batch["image"].to(device, non_blocking=True))
+        _, logits = model(batch_images(batch, device))
         target = batch["target"].to(device)
         losses = [masked_cross_entropy(logits[h], target[:, i]) for i, h in enumerate(HEAD_NAMES)]
         return torch.stack(losses).sum(), {}
@@ -63,6 +64,7 @@ def run_attributes(cfg: TrainConfig, rois, train_units: list[Unit], val_units: l
     task.meta = {"stage": "attributes", "seed": opt.seed, "width": cfg.model.width}
     train_ds = RoiDataset(rois, train_units, unit_targets(train_units, TARGET_COLUMNS),
                           augment=train_augment(cfg.attributes.flip, opt.seed, opt.augment_on, ctx.device, opt.augment_rotate), seed=opt.seed)
-    val_ds = RoiDataset(rois, val_units, unit_targets(val_units, TARGET_COLUMNS))
-    return fit(task, make_loader(train_ds, opt.batch_size, True, opt.num_workers, None, opt.seed, ctx.distributed),
-               make_loader(val_ds, opt.batch_size, False), out_dir, opt, ctx, log)
+    val_ds = RoiDataset(rois, val_units, unit_targets(val_units, TARGET_COLUMNS), raw=True)
+    on_device = device_cache(rois, opt.device_cache, ctx.device, log)
+    return fit(task, make_loader(train_ds, opt.batch_size, True, opt.num_workers, None, opt.seed, ctx.distributed, on_device),
+               make_loader(val_ds, opt.batch_size, False, device_cache=on_device), out_dir, opt, ctx, log)

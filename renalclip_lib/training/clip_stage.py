@@ -41,7 +41,8 @@ import torch.nn.functional as F
 from ..atomic import atomic_path, atomic_write_json
 from ..config import TrainConfig
 from ..data.augment import train_augment
-from ..data.datasets import RoiDataset, Unit, parse_label
+from ..data.datasets import RoiDataset, Unit, batch_images, parse_label
+from ..data.device_cache import device_cache
 from ..errors import ConfigError, MissingFileError
 from ..models.clip_model import ClipModel, clip_loss, save_clip_model, with_text_projection
 from ..text.feature_cache import TextFeatureCache
@@ -227,8 +228,8 @@ class ClipDataset(RoiDataset):
     """
 
     def __init__(self, rois, units: list[Unit], text: np.ndarray, augment=None, seed: int = 0,
-                 views: dict[int, Unit] | None = None, view_prob: float = 0.0):
-        super().__init__(rois, units, np.zeros((len(units), 0), np.float32), augment=augment, seed=seed)
+                 views: dict[int, Unit] | None = None, view_prob: float = 0.0, raw: bool = False):
+        super().__init__(rois, units, np.zeros((len(units), 0), np.float32), augment=augment, seed=seed, raw=raw)
         self.text = np.asarray(text, np.float32)
         self.views, self.view_prob = views or {}, view_prob
 
@@ -250,7 +251,7 @@ def embed_images(encoder, loader, device) -> np.ndarray:
     encoder.eval()
     out, order = [], []
     for batch in loader:
-        out.append(encoder.embed(batch["image"].to(device)).float().cpu())
+        out.append(encoder.embed(batch_images(batch, device)).float().cpu())
         order.append(batch["index"])
     if not out:
         return np.zeros((0, 0), np.float32)
@@ -279,7 +280,7 @@ class ClipTask:
         return head_and_backbone_groups(model, cfg)
 
     def loss(self, model, batch, device):
-        image, scale = model(batch["image"].to(device, non_blocking=True))
+        image, scale = model(batch_images(batch, device))
         text = F.normalize(batch["text"].to(device).float(), dim=-1)
         return clip_loss(image, text, scale, gather=True), {"logit_scale": float(scale.detach())}
 
@@ -318,8 +319,10 @@ def train_clip(cfg: TrainConfig, encoder, rois, train_units: list[Unit], train_t
     train_ds = ClipDataset(rois, train_units, train_text,
                            augment=train_augment(c.flip, opt.seed, opt.augment_on, ctx.device, opt.augment_rotate) if augment else None, seed=opt.seed,
                            views=views, view_prob=c.lesion_view)
-    val_loader = make_loader(ClipDataset(rois, val_units, val_text), opt.batch_size, False) if val_units else None
-    train_loader = make_loader(train_ds, opt.batch_size, True, opt.num_workers, None, opt.seed, ctx.distributed)
+    on_device = device_cache(rois, opt.device_cache, ctx.device, log)
+    val_loader = make_loader(ClipDataset(rois, val_units, val_text, raw=True), opt.batch_size, False,
+                             device_cache=on_device) if val_units else None
+    train_loader = make_loader(train_ds, opt.batch_size, True, opt.num_workers, None, opt.seed, ctx.distributed, on_device)
     return fit(task, train_loader, val_loader, out_dir, opt, ctx, log)
 
 
@@ -389,7 +392,7 @@ def write_clip_outputs(cfg: TrainConfig, run_dir, reports: dict | None = None, f
     evaluated = [u for u in lesion_kidneys(evaluated, reports) if u.unit in feats]
     if evaluated:
         text = np.stack([feats[u.unit][0] for u in evaluated])
-        img = embed_images(encoder, make_loader(ClipDataset(rois, evaluated, text[:, None]), bs, False), device)
+        img = embed_images(encoder, make_loader(ClipDataset(rois, evaluated, text[:, None], raw=True), bs, False), device)
         ids = [u.first["patient_id"] if _one_per_patient(evaluated) else u.unit for u in evaluated]
         with atomic_path(out / "embeddings.npz", ".npz") as tmp:
             with open(tmp, "wb") as fh:
@@ -402,7 +405,7 @@ def write_clip_outputs(cfg: TrainConfig, run_dir, reports: dict | None = None, f
         lrois, _, _, lesions = lesion_units(cfg)
         if lesions:
             dummy = np.zeros((len(lesions), 1, 1), np.float32)
-            img = embed_images(encoder, make_loader(ClipDataset(lrois, lesions, dummy), bs, False), device)
+            img = embed_images(encoder, make_loader(ClipDataset(lrois, lesions, dummy, raw=True), bs, False), device)
             probs = zeroshot_probabilities(img, prompts, "max", logit_scale=scale)
             rows = []
             for i, u in enumerate(lesions):

@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
+from ..data.datasets import batch_images
+from ..data.device_cache import DeviceCacheLoader
 from ..errors import ConfigError, MissingFileError
 from ..models import ImageEncoder, load_checkpoint
 
@@ -72,15 +74,24 @@ class EpochKeyedSampler(torch.utils.data.Sampler):
 
 
 def make_loader(dataset, batch_size: int, train: bool, num_workers: int = 0, sample_weights=None,
-                seed: int = 0, distributed: bool = False) -> DataLoader:
+                seed: int = 0, distributed: bool = False, device_cache=None):
     """A DataLoader; for training, a seeded sampler, wrapped in ``EpochKeyedSampler`` when the dataset
     keys its random draws (has ``item_rng``, as ``data.datasets.RoiDataset``).
 
     Without sample weights the training sampler is torch's ``DistributedSampler`` in every case
     (one replica when not distributed), so epoch e's order is a function of (seed, e) alone and rank r
     of R processes with batch b sees, in its k-th batch, its share of the k-th global batch of
-    b x R that a single process would see.
+    b x R that a single process would see. Where CUDA is present, batches come in pinned memory, so
+    the copies to the GPU (``non_blocking``) overlap the work already queued there. With
+    ``device_cache`` (``data.device_cache.DeviceRois``) a ``RoiDataset`` whose augmentation, if any,
+    runs on the device yields rows only, read in this process, and the batches' ROIs are gathered
+    from the device (``DeviceCacheLoader``).
     """
+    augment = getattr(dataset, "augment", None)
+    on_device = device_cache is not None and hasattr(dataset, "rows_only") and (
+        augment is None or getattr(augment, "on_device", False))
+    if on_device:
+        dataset.rows_only, num_workers = True, 0
     sampler = None
     if train and sample_weights is not None and not distributed:
         g = torch.Generator().manual_seed(seed)
@@ -93,9 +104,11 @@ def make_loader(dataset, batch_size: int, train: bool, num_workers: int = 0, sam
         sampler = DistributedSampler(dataset, shuffle=True, seed=seed, **replicas)
     if sampler is not None and hasattr(dataset, "item_rng"):
         sampler = EpochKeyedSampler(sampler)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False, sampler=sampler, num_workers=num_workers,
-                      drop_last=train and len(sampler or dataset) > batch_size,
-                      persistent_workers=num_workers > 0, worker_init_fn=_one_thread if num_workers else None)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, sampler=sampler, num_workers=num_workers,
+                        drop_last=train and len(sampler or dataset) > batch_size,
+                        pin_memory=torch.cuda.is_available() and not on_device,
+                        persistent_workers=num_workers > 0, worker_init_fn=_one_thread if num_workers else None)
+    return DeviceCacheLoader(loader, device_cache) if on_device else loader
 
 
 def _one_thread(worker_id: int) -> None:
@@ -109,7 +122,7 @@ def predict_logits(model, loader, device) -> tuple[dict, np.ndarray]:
     outs: dict[str, list] = {}
     feats, order = [], []
     for batch in loader:
-        f, logits = model(batch["image"].to(device))
+        f, logits = model(batch_images(batch, device))
         feats.append(f.float().cpu())
         order.append(batch["index"])
         for k, v in logits.items():
@@ -151,12 +164,16 @@ def nanmean(values) -> float:
 
 
 def masked_cross_entropy(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
-    """Cross-entropy over rows whose label is known (not NaN and >= 0); 0 if none are."""
+    """Cross-entropy over rows whose label is known (not NaN and >= 0); 0 if none are.
+
+    The mean is torch's (weighted by the class weights of the known rows), computed with masks
+    rather than by selecting the rows, so nothing waits for the GPU."""
     ok = ~torch.isnan(target) & (target >= 0)
-    if not bool(ok.any()):
-        return logits.sum() * 0.0
-    return torch.nn.functional.cross_entropy(logits[ok].float(), target[ok].long(),
-                                             weight=None if weight is None else weight.to(logits.device))
+    labels = torch.where(ok, target, torch.zeros_like(target)).long()
+    w = torch.ones(logits.shape[-1], device=logits.device) if weight is None else weight.to(logits.device, torch.float32)
+    nll = torch.nn.functional.cross_entropy(logits.float(), labels, reduction="none")
+    row_w = w[labels] * ok
+    return (nll * row_w).sum() / row_w.sum().clamp_min(torch.finfo(torch.float32).tiny)
 
 
 def class_weights(labels: np.ndarray, n_classes: int) -> np.ndarray:

@@ -20,7 +20,8 @@ import torch
 
 from ..config import TrainConfig
 from ..data.augment import train_augment
-from ..data.datasets import RoiDataset, Unit, parse_label
+from ..data.datasets import RoiDataset, Unit, batch_images, parse_label
+from ..data.device_cache import device_cache
 from ..models import ClassifierHead, ImageTaskModel, save_image_model
 from ..tasks import TASKS
 from .common import (auc_score, class_weights, encoder_from_init, head_and_backbone_groups, make_loader,
@@ -49,10 +50,10 @@ class FinetuneTask:
         return head_and_backbone_groups(model, cfg)
 
     def loss(self, model, batch, device):
-        _, logits = model(batch["image"].to(device, non_blocking=True))
+        _, logits = model(batch_images(batch, device))
         target = batch["target"].to(device)
         losses = {t: masked_cross_entropy(logits[t], target[:, i], self.weights[t]) for i, t in enumerate(self.tasks)}
-        return sum(losses.values()), {f"loss_{t}": float(v.detach()) for t, v in losses.items()}
+        return sum(losses.values()), {f"loss_{t}": v.detach() for t, v in losses.items()}
 
     def evaluate(self, model, loader, device) -> dict:
         logits, _ = predict_logits(model, loader, device)
@@ -97,17 +98,18 @@ def run_finetune(cfg: TrainConfig, rois, train_units: list[Unit], val_units: lis
     task = FinetuneTask(model, tasks, weights)
     task.meta = {"stage": "finetune", "init": init, "tasks": tasks, "seed": optim.seed, "width": cfg.model.width}
     train_ds = RoiDataset(rois, train_units, y_train, augment=train_augment(ft.flip, optim.seed, optim.augment_on, ctx.device, optim.augment_rotate), seed=optim.seed)
-    val_ds = RoiDataset(rois, val_units, unit_targets(val_units, tasks))
-    train_loader = make_loader(train_ds, optim.batch_size, True, optim.num_workers, sample_w, optim.seed, ctx.distributed)
-    val_loader = make_loader(val_ds, optim.batch_size, False)
+    val_ds = RoiDataset(rois, val_units, unit_targets(val_units, tasks), raw=True)
+    on_device = device_cache(rois, optim.device_cache, ctx.device, log)
+    train_loader = make_loader(train_ds, optim.batch_size, True, optim.num_workers, sample_w, optim.seed, ctx.distributed, on_device)
+    val_loader = make_loader(val_ds, optim.batch_size, False, device_cache=on_device)
     result = fit(task, train_loader, val_loader, out_dir, optim, ctx, log)
     if ctx.is_main:
         best = Path(out_dir) / "best.pt"
         from ..models import load_task_model
 
         model = load_task_model(best).to(ctx.device)
-        eval_ds = RoiDataset(rois, eval_units, unit_targets(eval_units, tasks))
-        logits, _ = predict_logits(model, make_loader(eval_ds, optim.batch_size, False), ctx.device)
+        eval_ds = RoiDataset(rois, eval_units, unit_targets(eval_units, tasks), raw=True)
+        logits, _ = predict_logits(model, make_loader(eval_ds, optim.batch_size, False, device_cache=on_device), ctx.device)
         probs = {t: softmax(logits[t]) for t in tasks}
         write_predictions(Path(out_dir) / "predictions.csv", eval_units, probs)
     return result

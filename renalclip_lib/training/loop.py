@@ -119,7 +119,8 @@ def fit(task: StageTask, train_loader, val_loader, out_dir, cfg: OptimOptions,
         if hasattr(train_loader, "sampler") and hasattr(train_loader.sampler, "set_epoch"):
             train_loader.sampler.set_epoch(epoch)
         model.train()
-        t0, n_seen, loss_sum, first_loss = time.time(), 0, 0.0, None
+        t0, n_seen, first_loss = time.time(), 0, None
+        loss_sum = torch.zeros((), dtype=torch.float64, device=ctx.device)   # summed on the device: no wait per step
         bar = _progress(train_loader, cfg.progress and ctx.is_main, f"epoch {epoch + 1}/{cfg.epochs}")
         for batch in bar:
             if isinstance(batch, dict) and "aug" in batch:
@@ -134,13 +135,13 @@ def fit(task: StageTask, train_loader, val_loader, out_dir, cfg: OptimOptions,
             scheduler.step()
             bs = _batch_size(batch)
             n_seen += bs
-            loss_sum += float(loss.detach()) * bs
-            first_loss = float(loss.detach()) if first_loss is None else first_loss
+            loss_sum += loss.detach().double() * bs
+            first_loss = loss.detach().double() if first_loss is None else first_loss
             if hasattr(bar, "set_postfix"):
-                bar.set_postfix(loss=f"{loss_sum / max(1, n_seen):.4f}")
-        train_loss = ctx.all_reduce_mean(loss_sum / max(1, n_seen))
+                bar.set_postfix(loss=f"{float(loss_sum) / max(1, n_seen):.4f}")
+        train_loss = ctx.all_reduce_mean(float(loss_sum) / max(1, n_seen))
         record = {"epoch": epoch, "epochs": cfg.epochs, "train_loss": train_loss,
-                  "first_step_loss": ctx.all_reduce_mean(first_loss if first_loss is not None else float("nan")),
+                  "first_step_loss": ctx.all_reduce_mean(float(first_loss) if first_loss is not None else float("nan")),
                   "lr": scheduler.get_last_lr()[0],
                   "seconds": round(time.time() - t0, 2), "samples_per_s": round(n_seen * ctx.world_size / max(1e-9, time.time() - t0), 2)}
         if ctx.is_main:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..constants import AUGMENT_ON, AUGMENT_ROTATE
+from ..constants import AUGMENT_ON, AUGMENT_ROTATE, DEVICE_CACHE
 from ..errors import ConfigError
 
 
@@ -25,6 +25,7 @@ class OptimOptions:
     num_workers: int = 0
     augment_on: str = "auto"              # "auto" (the GPU when training on one), "cpu" (loader workers), "device"
     augment_rotate: str = "xyz"           # "xyz": Table 40's rotation about every axis; "z": axial plane only
+    device_cache: str = "auto"            # "auto" (the ROI cache on the GPU when it fits), "always", "never"
     select_metric: str = "val_loss"
     select_mode: str = "min"              # "min" or "max"
     progress: bool = True
@@ -43,6 +44,7 @@ class OptimOptions:
             (self.num_workers >= 0, "num_workers must be >= 0"),
             (self.augment_on in AUGMENT_ON, f"augment_on must be one of {', '.join(AUGMENT_ON)}"),
             (self.augment_rotate in AUGMENT_ROTATE, f"augment_rotate must be one of {', '.join(AUGMENT_ROTATE)}"),
+            (self.device_cache in DEVICE_CACHE, f"device_cache must be one of {', '.join(DEVICE_CACHE)}"),
         ]
         for ok, message in checks:
             if not ok:

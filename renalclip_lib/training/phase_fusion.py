@@ -27,7 +27,7 @@ def fused_logits(model, rois, units: list[Unit], phases: tuple, device, batch_si
 
     def add(idx: list[int], phase) -> None:
         subset = [units[i] for i in idx]
-        ds = RoiDataset(rois, subset, np.zeros((len(subset), 1)), phase=phase)
+        ds = RoiDataset(rois, subset, np.zeros((len(subset), 1)), phase=phase, raw=True)
         logits, _ = predict_logits(model, make_loader(ds, batch_size, False), device)
         for k, v in logits.items():
             sums.setdefault(k, np.zeros((len(units),) + v.shape[1:]))[idx] += v

@@ -16,7 +16,8 @@ import torch
 from ..atomic import atomic_write_json
 from ..config import TrainConfig
 from ..data.augment import train_augment
-from ..data.datasets import RoiDataset, Unit
+from ..data.datasets import RoiDataset, Unit, batch_images
+from ..data.device_cache import device_cache
 from ..errors import MissingFileError
 from ..models import CoxHead, ImageTaskModel, load_task_model, save_image_model
 from .common import encoder_from_init, head_and_backbone_groups, make_loader, predict_logits
@@ -49,7 +50,7 @@ class SurvivalTask:
         return head_and_backbone_groups(model, cfg)
 
     def loss(self, model, batch, device):
-        _, out = model(batch["image"].to(device, non_blocking=True))
+        _, out = model(batch_images(batch, device))
         t = batch["target"].to(device)
         return cox_partial_nll(out["risk"], t[:, 0], t[:, 1]), {}
 
@@ -96,16 +97,17 @@ def run_survival(cfg: TrainConfig, rois, train_units: list[Unit], val_units: lis
     task.meta = {"stage": "survival", "endpoint": sv.endpoint, "seed": opt.seed, "width": cfg.model.width}
     train_ds = RoiDataset(rois, train_units, unit_targets(train_units, cols), augment=train_augment(True, opt.seed, opt.augment_on, ctx.device, opt.augment_rotate),
                           seed=opt.seed)
-    val_ds = RoiDataset(rois, val_units, unit_targets(val_units, cols))
-    result = fit(task, make_loader(train_ds, opt.batch_size, True, opt.num_workers, None, opt.seed, ctx.distributed),
-                 make_loader(val_ds, opt.batch_size, False), out_dir, opt, ctx, log)
+    val_ds = RoiDataset(rois, val_units, unit_targets(val_units, cols), raw=True)
+    on_device = device_cache(rois, opt.device_cache, ctx.device, log)
+    result = fit(task, make_loader(train_ds, opt.batch_size, True, opt.num_workers, None, opt.seed, ctx.distributed, on_device),
+                 make_loader(val_ds, opt.batch_size, False, device_cache=on_device), out_dir, opt, ctx, log)
     if ctx.is_main:
         best = load_task_model(Path(out_dir) / "best.pt").to(ctx.device)
-        eval_ds = RoiDataset(rois, eval_units, unit_targets(eval_units, cols))
-        out, _ = predict_logits(best, make_loader(eval_ds, opt.batch_size, False), ctx.device)
+        eval_ds = RoiDataset(rois, eval_units, unit_targets(eval_units, cols), raw=True)
+        out, _ = predict_logits(best, make_loader(eval_ds, opt.batch_size, False, device_cache=on_device), ctx.device)
         write_predictions(Path(out_dir) / "predictions.csv", eval_units, {}, risk=out["risk"].reshape(-1))
-        train_eval = RoiDataset(rois, train_units, unit_targets(train_units, cols))
-        train_out, _ = predict_logits(best, make_loader(train_eval, opt.batch_size, False), ctx.device)
+        train_eval = RoiDataset(rois, train_units, unit_targets(train_units, cols), raw=True)
+        train_out, _ = predict_logits(best, make_loader(train_eval, opt.batch_size, False, device_cache=on_device), ctx.device)
         write_risk_threshold(Path(out_dir) / RISK_THRESHOLD_FILE, train_out["risk"].reshape(-1), sv.endpoint)
     return result
 
