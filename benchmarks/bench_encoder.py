@@ -183,7 +183,7 @@ def main() -> None:
             print(f"  with augmentation ({where_text[where]}) + {source}: {pipe_t:.2f} samples/s, "
                   f"ratio {pipe_t / bare_t:.2f} (target >= 0.9)")
             if where == "device":
-                rate = loop_rate(train_loader, args.width, dev, Path(tmp) / f"loop_{len(runs)}_{cache is None}")
+                rate = loop_rate(train_loader, args.width, dev, Path(tmp) / ("loop_gpu_cache" if cache is not None else "loop_loader"))
                 print(f"    the training loop (fit, second epoch) over {source}: {rate:.2f} samples/s, "
                       f"ratio {rate / bare_t:.2f}")
 

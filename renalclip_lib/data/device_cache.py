@@ -20,7 +20,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..constants import CROP_SHAPE_XYZ, DEVICE_CACHE, DEVICE_CACHE_MAX_SHARE, ROI_SHAPE_XYZ
+from ..constants import DEVICE_CACHE, DEVICE_CACHE_MAX_SHARE
+from ..preprocess.roi import crop_xy
 
 _UPLOAD_ROWS = 256
 
@@ -39,11 +40,7 @@ class DeviceRois:
         """ROIs of ``rows`` as (B, 1, 32, 140, 140) int16, or with ``crop`` the centre crop
         (B, 1, 32, 128, 128) in (z, x, y) order, as ``preprocess.roi.crop_hu`` makes it."""
         x = self.tensor.index_select(0, rows.to(self.device, torch.long))[:, None]
-        if not crop:
-            return x
-        (cx, cy, _), (rx, ry, _) = CROP_SHAPE_XYZ, ROI_SHAPE_XYZ
-        x0, y0 = (rx - cx) // 2, (ry - cy) // 2
-        return x[..., y0:y0 + cy, x0:x0 + cx].transpose(-1, -2).contiguous()
+        return crop_xy(x).contiguous() if crop else x
 
 
 class DeviceCacheLoader:

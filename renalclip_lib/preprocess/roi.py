@@ -121,13 +121,19 @@ def crop_hu(roi: Volume, crop: str = "center", rng: np.random.Generator | None =
     if arr.shape != expected:
         raise InvalidImageError(getattr(roi, "source", None),
                                 f"ROI has shape {arr.shape} (z, y, x); expected {expected}")
-    cx, cy, _ = CROP_SHAPE_XYZ
-    free_x, free_y = ROI_SHAPE_XYZ[0] - cx, ROI_SHAPE_XYZ[1] - cy
     if crop == "center":
-        x0, y0 = free_x // 2, free_y // 2
-    elif crop == "random":
+        return np.ascontiguousarray(crop_xy(arr[None]))
+    if crop == "random":
         rng = rng if rng is not None else np.random.default_rng()
-        x0, y0 = int(rng.integers(0, free_x + 1)), int(rng.integers(0, free_y + 1))
-    else:
-        raise ValueError(f"crop must be 'center' or 'random', not {crop!r}")
-    return np.ascontiguousarray(arr[:, y0:y0 + cy, x0:x0 + cx].transpose(0, 2, 1)[None])
+        return np.ascontiguousarray(crop_xy(arr[None], int(rng.integers(0, _FREE_X + 1)), int(rng.integers(0, _FREE_Y + 1))))
+    raise ValueError(f"crop must be 'center' or 'random', not {crop!r}")
+
+
+_FREE_X, _FREE_Y = ROI_SHAPE_XYZ[0] - CROP_SHAPE_XYZ[0], ROI_SHAPE_XYZ[1] - CROP_SHAPE_XYZ[1]
+
+
+def crop_xy(x, x0: int = _FREE_X // 2, y0: int = _FREE_Y // 2):
+    """The 128 x 128 crop starting at (``x0``, ``y0``) of ROIs ``(..., z, y, x)`` (numpy or torch),
+    axes swapped to ``(..., z, x, y)``; the default start is the centre crop (voxels 6..133)."""
+    cx, cy, _ = CROP_SHAPE_XYZ
+    return x[..., y0:y0 + cy, x0:x0 + cx].swapaxes(-1, -2)
