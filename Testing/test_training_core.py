@@ -1,5 +1,6 @@
 """The pieces under every training stage: Cox loss, the loop's resume, configs, augmentation, cache."""
 import json
+import math
 
 import numpy as np
 import pytest
@@ -13,10 +14,10 @@ from renalclip_lib.data.roi_cache import CaseImages, build_cache, open_cache  # 
 from renalclip_lib.errors import ConfigError, MissingFileError, RenalCLIPError  # noqa: E402
 from renalclip_lib.io import Volume, write_volume  # noqa: E402
 from renalclip_lib.preprocess import crop_roi  # noqa: E402
-from renalclip_lib.training.common import auc_score, class_weights  # noqa: E402
+from renalclip_lib.training.common import auc_score, class_weights, head_and_backbone_groups  # noqa: E402
 from renalclip_lib.training.cox_loss import cox_partial_nll  # noqa: E402
-from renalclip_lib.training.loop import fit  # noqa: E402
-from renalclip_lib.training.options import OptimOptions  # noqa: E402
+from renalclip_lib.training.loop import fit, group_schedules  # noqa: E402
+from renalclip_lib.training.options import BACKBONE, HEADS, OptimOptions  # noqa: E402
 
 
 def test_cox_loss_fits_the_breslow_estimate_of_scikit_survival():
@@ -127,6 +128,55 @@ def test_loop_resumes_mid_schedule_exactly(tmp_path):
         torch.testing.assert_close(a[k], b[k])
 
 
+class _BackboneHeadTask(_ToyTask):
+    """A two-layer model split as the image stages split theirs; a snapshot of both layers after every epoch."""
+
+    def __init__(self, freeze_backbone: bool = False):
+        super().__init__()
+        torch.manual_seed(0)
+        self.model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 1))
+        self.model.head_parameters = lambda: list(self.model[1].parameters())
+        self.model[0].requires_grad_(not freeze_backbone)
+        self.snapshots = []
+
+    def param_groups(self, model, cfg):
+        return head_and_backbone_groups(model, cfg)
+
+    def evaluate(self, model, loader, device):
+        self.snapshots.append([p.detach().clone() for p in model.parameters()])
+        return super().evaluate(model, loader, device)
+
+
+def test_head_only_epochs_hold_the_backbone_while_the_heads_fit_it(tmp_path):
+    """LP-FT: for ``head_only_epochs`` the backbone is exactly its start and the heads train as on a frozen
+    backbone (requires_grad off: an independent way to freeze it); afterwards the backbone trains."""
+    cfg = OptimOptions(epochs=4, lr=0.05, head_lr=0.1, warmup_ratio=0.25, amp="fp32", progress=False, head_only_epochs=2)
+    train, val = _toy_loaders()
+    lpft, frozen = _BackboneHeadTask(), _BackboneHeadTask(freeze_backbone=True)
+    start = [p.detach().clone() for p in lpft.model.parameters()]
+    result = fit(lpft, train, val, tmp_path / "lpft", cfg)
+    fit(frozen, train, val, tmp_path / "frozen", OptimOptions(**{**cfg.__dict__, "head_only_epochs": 0}))
+    for epoch in (0, 1):
+        for now, then in zip(lpft.snapshots[epoch][:2], start[:2]):
+            assert torch.equal(now, then)
+        for a, b in zip(lpft.snapshots[epoch][2:], frozen.snapshots[epoch][2:]):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-7)
+    assert not torch.equal(lpft.snapshots[0][2], start[2])
+    assert not torch.equal(lpft.snapshots[2][0], start[0])
+    assert result["history"][0]["lr"] == 0.0          # the backbone's rate for the next step: still held
+
+
+def test_group_schedules_hold_only_the_backbone_then_join_the_cosine():
+    groups = [{"name": BACKBONE}, {"name": HEADS}]
+    backbone, heads = group_schedules(groups, total_steps=100, warmup_steps=10, frozen_steps=30)
+    for step in range(100):
+        expected = 0.5 * (1 + math.cos(math.pi * (step - 10) / 90)) if step >= 10 else (step + 1) / 10
+        assert heads(step) == pytest.approx(expected)
+        assert backbone(step) == (0.0 if step < 30 else pytest.approx(expected))
+    with pytest.raises(ConfigError, match="head_only_epochs: this stage trains no separate backbone"):
+        fit(_ToyTask(), *_toy_loaders(), "unused", OptimOptions(epochs=2, head_only_epochs=1, progress=False))
+
+
 def test_config_validation_names_file_and_key(tmp_path):
     good = tmp_path / "c.yaml"
     good.write_text("model:\n  width: 16\nfinetune:\n  optim:\n    epochs: 3\n    lr: 1.0e-3\n", encoding="utf-8")
@@ -140,6 +190,10 @@ def test_config_validation_names_file_and_key(tmp_path):
                         ("compare:\n  seeds: [0, 0]\n", "compare.seeds must be distinct integers"),
                         ("clip:\n  lesion_view: 1.5\n", "lesion_view must be in \\[0, 1\\]"),
                         ("compare:\n  seeds: [0, 1.5]\n", "compare.seeds must be distinct integers"),
+                        ("finetune:\n  optim:\n    epochs: 4\n    head_only_epochs: 4\n", "head_only_epochs must be >= 0 and below epochs"),
+                        ("finetune:\n  freeze_encoder: true\n  optim:\n    epochs: 4\n    head_only_epochs: 1\n",
+                         "finetune: freeze_encoder and optim.head_only_epochs exclude each other"),
+                        ("attributes:\n  optim:\n    epochs: 4\n    head_only_epochs: 1\n", "attributes: optim.head_only_epochs must be 0"),
                         ("model: {width: 16\n", "not valid YAML")]:
         bad = tmp_path / "bad.yaml"
         bad.write_text(text, encoding="utf-8")

@@ -34,6 +34,16 @@ class AttributesOptions:
                                                                       select_mode="max"))
     flip: bool = False
 
+    def validate(self, source=None, where: str = "attributes") -> "AttributesOptions":
+        if self.optim.head_only_epochs:
+            raise ConfigError(source, f"{where}: optim.head_only_epochs must be 0 (every parameter of this stage is trained together)")
+        return self
+
+
+def _frozen_with_head_only(options, source, where: str) -> None:
+    if options.freeze_encoder and options.optim.head_only_epochs:
+        raise ConfigError(source, f"{where}: freeze_encoder and optim.head_only_epochs exclude each other")
+
 
 @dataclass
 class FinetuneOptions:
@@ -46,6 +56,10 @@ class FinetuneOptions:
     flip: bool = True
     optim: OptimOptions = field(default_factory=lambda: OptimOptions(select_metric="val_auc", select_mode="max"))
 
+    def validate(self, source=None, where: str = "finetune") -> "FinetuneOptions":
+        _frozen_with_head_only(self, source, where)
+        return self
+
 
 @dataclass
 class SurvivalOptions:
@@ -53,6 +67,10 @@ class SurvivalOptions:
     endpoint: str = "rfs"
     freeze_encoder: bool = False
     optim: OptimOptions = field(default_factory=lambda: OptimOptions(select_metric="val_cindex", select_mode="max"))
+
+    def validate(self, source=None, where: str = "survival") -> "SurvivalOptions":
+        _frozen_with_head_only(self, source, where)
+        return self
 
 
 @dataclass

@@ -18,6 +18,7 @@ from ..data.datasets import batch_images
 from ..data.device_cache import DeviceCacheLoader
 from ..errors import ConfigError, MissingFileError
 from ..models import ImageEncoder, load_checkpoint
+from .options import BACKBONE, HEADS
 
 # Where each stage writes its run inside a run folder.
 STAGE_DIRS = {"attributes": "attributes", "clip": "clip", "finetune": "finetune", "survival": "survival"}
@@ -41,12 +42,14 @@ def encoder_from_init(init: str, run_dir, width: int, embed_dim: int = 4096) -> 
 
 def head_and_backbone_groups(model, cfg) -> list[dict]:
     """AdamW groups: the backbone (trainable parameters outside ``model.head_parameters()``) at
-    ``cfg.lr`` and the heads at ``cfg.head_lr`` (or ``cfg.lr``): the release's separate rates."""
+    ``cfg.lr`` and the heads at ``cfg.head_lr`` (or ``cfg.lr``): the release's separate rates.
+    Each group is named (``BACKBONE``, ``HEADS``) so the loop can hold the backbone still for
+    ``cfg.head_only_epochs``."""
     head_ids = {id(p) for p in model.head_parameters()}
     backbone = [p for p in model.parameters() if id(p) not in head_ids and p.requires_grad]
-    groups = [{"params": model.head_parameters(), "lr": cfg.head_lr or cfg.lr}]
+    groups = [{"params": model.head_parameters(), "lr": cfg.head_lr or cfg.lr, "name": HEADS}]
     if backbone:
-        groups.insert(0, {"params": backbone, "lr": cfg.lr})
+        groups.insert(0, {"params": backbone, "lr": cfg.lr, "name": BACKBONE})
     return groups
 
 

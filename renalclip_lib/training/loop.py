@@ -29,8 +29,9 @@ import numpy as np
 import torch
 
 from ..atomic import atomic_torch_save, atomic_write_text, jsonable
+from ..errors import ConfigError
 from .distributed import DistContext, unwrap
-from .options import OptimOptions
+from .options import BACKBONE, OptimOptions
 
 LAST = "checkpoint_last.pt"
 FINISHED = "finished.json"
@@ -62,6 +63,19 @@ def cosine_with_warmup(total_steps: int, warmup_steps: int) -> Callable[[int], f
         progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
     return factor
+
+
+def group_schedules(groups: list[dict], total_steps: int, warmup_steps: int, frozen_steps: int) -> list[Callable[[int], float]]:
+    """One learning-rate factor per parameter group: the cosine with warm-up for all, except that the
+    group named ``BACKBONE`` stays at 0 for its first ``frozen_steps`` (LP-FT: the heads fit the
+    pre-trained features before the backbone moves; Kumar et al., ICLR 2022), then follows the
+    same cosine from where it has come to."""
+    cosine = cosine_with_warmup(total_steps, warmup_steps)
+
+    def held_then_cosine(step: int) -> float:
+        return 0.0 if step < frozen_steps else cosine(step)
+
+    return [held_then_cosine if frozen_steps and g.get("name") == BACKBONE else cosine for g in groups]
 
 
 def _better(value: float, best: float | None, mode: str) -> bool:
@@ -98,8 +112,10 @@ def fit(task: StageTask, train_loader, val_loader, out_dir, cfg: OptimOptions,
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
     steps_per_epoch = max(1, len(train_loader))
     total = cfg.epochs * steps_per_epoch
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, cosine_with_warmup(total, int(round(cfg.warmup_ratio * total))))
+    if cfg.head_only_epochs and not any(g.get("name") == BACKBONE for g in groups):
+        raise ConfigError(None, "optim.head_only_epochs: this stage trains no separate backbone (set it to 0)")
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, group_schedules(
+        groups, total, int(round(cfg.warmup_ratio * total)), cfg.head_only_epochs * steps_per_epoch))
     use_amp = cfg.amp == "bf16" and ctx.device.type == "cuda"
     start_epoch, best, best_epoch, history = 0, None, -1, []
 

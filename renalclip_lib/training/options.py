@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from ..constants import AUGMENT_ON, AUGMENT_ROTATE, DEVICE_CACHE
 from ..errors import ConfigError
 
+BACKBONE, HEADS = "backbone", "heads"     # names of the parameter groups that ``head_only_epochs`` tells apart
+
 
 @dataclass
 class OptimOptions:
@@ -16,6 +18,7 @@ class OptimOptions:
     batch_size: int = 8
     lr: float = 5e-4
     head_lr: float | None = None          # None: same as lr
+    head_only_epochs: int = 0             # LP-FT: the backbone's learning rate is 0 for the first N epochs
     weight_decay: float = 5e-3
     betas: tuple = (0.9, 0.999)
     warmup_ratio: float = 0.1
@@ -36,6 +39,7 @@ class OptimOptions:
             (self.batch_size >= 1, "batch_size must be >= 1"),
             (self.lr > 0, "lr must be > 0"),
             (self.head_lr is None or self.head_lr > 0, "head_lr must be > 0"),
+            (0 <= self.head_only_epochs < self.epochs, "head_only_epochs must be >= 0 and below epochs"),
             (self.weight_decay >= 0, "weight_decay must be >= 0"),
             (len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "betas must be two numbers in [0, 1)"),
             (0 <= self.warmup_ratio < 1, "warmup_ratio must be in [0, 1)"),
