@@ -166,7 +166,7 @@ def test_head_only_epochs_hold_the_backbone_while_the_heads_fit_it(tmp_path):
     assert result["history"][0]["lr"] == 0.0          # the backbone's rate for the next step: still held
 
 
-def test_group_schedules_hold_only_the_backbone_then_join_the_cosine():
+def test_group_schedules_hold_only_the_backbone_then_join_the_cosine(tmp_path):
     groups = [{"name": BACKBONE}, {"name": HEADS}]
     backbone, heads = group_schedules(groups, total_steps=100, warmup_steps=10, frozen_steps=30)
     for step in range(100):
@@ -174,7 +174,8 @@ def test_group_schedules_hold_only_the_backbone_then_join_the_cosine():
         assert heads(step) == pytest.approx(expected)
         assert backbone(step) == (0.0 if step < 30 else pytest.approx(expected))
     with pytest.raises(ConfigError, match="head_only_epochs: this stage trains no separate backbone"):
-        fit(_ToyTask(), *_toy_loaders(), "unused", OptimOptions(epochs=2, head_only_epochs=1, progress=False))
+        fit(_ToyTask(), *_toy_loaders(), tmp_path / "run", OptimOptions(epochs=2, head_only_epochs=1, progress=False))
+    assert not (tmp_path / "run").exists()
 
 
 def test_config_validation_names_file_and_key(tmp_path):

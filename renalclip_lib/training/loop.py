@@ -104,16 +104,16 @@ def fit(task: StageTask, train_loader, val_loader, out_dir, cfg: OptimOptions,
     """
     ctx = ctx or DistContext()
     out = Path(out_dir)
-    if ctx.is_main:
-        out.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed + ctx.rank)
     model = ctx.wrap(task.model)
     groups = task.param_groups(unwrap(model), cfg)
+    if cfg.head_only_epochs and not any(g.get("name") == BACKBONE for g in groups):
+        raise ConfigError(None, "optim.head_only_epochs: this stage trains no separate backbone (set it to 0)")
+    if ctx.is_main:
+        out.mkdir(parents=True, exist_ok=True)
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
     steps_per_epoch = max(1, len(train_loader))
     total = cfg.epochs * steps_per_epoch
-    if cfg.head_only_epochs and not any(g.get("name") == BACKBONE for g in groups):
-        raise ConfigError(None, "optim.head_only_epochs: this stage trains no separate backbone (set it to 0)")
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, group_schedules(
         groups, total, int(round(cfg.warmup_ratio * total)), cfg.head_only_epochs * steps_per_epoch))
     use_amp = cfg.amp == "bf16" and ctx.device.type == "cuda"
