@@ -27,6 +27,7 @@ from ..io import Volume
 from .resample import grid_args
 
 ROI_DIRECTION = np.eye(3)
+_FREE_X, _FREE_Y = ROI_SHAPE_XYZ[0] - CROP_SHAPE_XYZ[0], ROI_SHAPE_XYZ[1] - CROP_SHAPE_XYZ[1]   # voxels of the ROI around the 128 x 128 crop
 
 
 def roi_grid(center_lps, shape_xyz=ROI_SHAPE_XYZ, spacing=ROI_SPACING_MM) -> Volume:
@@ -127,9 +128,6 @@ def crop_hu(roi: Volume, crop: str = "center", rng: np.random.Generator | None =
         rng = rng if rng is not None else np.random.default_rng()
         return np.ascontiguousarray(crop_xy(arr[None], int(rng.integers(0, _FREE_X + 1)), int(rng.integers(0, _FREE_Y + 1))))
     raise ValueError(f"crop must be 'center' or 'random', not {crop!r}")
-
-
-_FREE_X, _FREE_Y = ROI_SHAPE_XYZ[0] - CROP_SHAPE_XYZ[0], ROI_SHAPE_XYZ[1] - CROP_SHAPE_XYZ[1]
 
 
 def crop_xy(x, x0: int = _FREE_X // 2, y0: int = _FREE_Y // 2):
