@@ -319,12 +319,14 @@ def _monai_reference(hu: np.ndarray, p: np.ndarray) -> torch.Tensor:
     return torch.as_tensor(x).float().permute(0, 1, 3, 2)
 
 
-def test_device_augment_is_monai_table_40_on_a_whole_batch():
-    """One batched resampling gives what MONAI's Affine, SpatialCrop, Flip, ScaleIntensity,
-    ShiftIntensity and AdjustContrast give for each ROI with the same parameters."""
+@pytest.mark.parametrize("rotate", ["xyz", "z"])
+def test_device_augment_is_monai_table_40_on_a_whole_batch(rotate):
+    """One batched resampling (trilinear 3D, or the axial rotation's bilinear 2D over slices)
+    gives what MONAI's Affine, SpatialCrop, Flip, ScaleIntensity, ShiftIntensity and
+    AdjustContrast give for each ROI with the same parameters."""
     rng = np.random.default_rng(5)
     hu = rng.normal(60, 250, (4, 1, 32, 140, 140)).astype(np.int16)
-    aug = DeviceAugment(flip=True)
+    aug = DeviceAugment(flip=True, rotate=rotate)
     params = np.stack([aug.draw(np.random.default_rng(s)) for s in range(4)])
     params[:, 9] = [1, 0, 1, 0]
     params[:, 12] = [1, 1, 0, 0]
@@ -372,8 +374,8 @@ def test_device_augment_matrices_are_monai_rotate_translate_scale():
         np.testing.assert_allclose(m, ref, atol=1e-12)
 
 
-def test_train_augment_picks_the_device_on_a_gpu_only():
-    assert isinstance(train_augment(True, 0, "auto", "cpu"), TrainAugment)
+def test_train_augment_batches_on_the_device_unless_told_cpu():
+    assert isinstance(train_augment(True, 0, "auto", "cpu"), DeviceAugment)
     assert isinstance(train_augment(True, 0, "auto", "cuda"), DeviceAugment)
     assert isinstance(train_augment(False, 0, "device", "cpu"), DeviceAugment)
     assert isinstance(train_augment(True, 0, "cpu", "cuda"), TrainAugment)

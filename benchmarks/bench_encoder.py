@@ -8,15 +8,16 @@
 - training: samples/s of the real pipeline (memory-mapped cache, augmentation of Table 40, random
   phase, loader workers) against bare forward+backward+step on a ready batch, once with MONAI per
   ROI in the loader workers (``augment_on: cpu``) and once batched on the training device
-  (``augment_on: device``, the default on a GPU); for the latter also the loader alone and the
+  (``augment_on: device``, what ``auto`` picks); for the latter also the loader alone and the
   loader with the batched augmentation but no network, so a stall shows where it is, and on a GPU
   the same from the cache held on the GPU;
 - the training loop itself (``training.loop.fit``, fine-tuning's loss, batched augmentation):
   samples/s of its second epoch from the loader and, on a GPU, from the cache held there.
 A ratio near 1 means the data pipeline never holds the model back (target >= 0.9 on CPU).
+``--rotate z`` keeps the rotation to the axial plane, as ``demo.yaml`` does (``xyz``: Table 40).
 Targets: >= 2,000 volumes/s bf16 inference on one H100-class GPU.
 
-Usage: ``python benchmarks/bench_encoder.py [--width 64] [--batch 8] [--batches 6] [--workers 2]``
+Usage: ``python benchmarks/bench_encoder.py [--width 64] [--batch 8] [--batches 6] [--workers 2] [--rotate z]``
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import describe_machine, median_seconds  # noqa: E402
 
+from renalclip_lib.constants import AUGMENT_ROTATE  # noqa: E402
 from renalclip_lib.data.augment import DeviceAugment, TrainAugment  # noqa: E402
 from renalclip_lib.data.datasets import RoiDataset, batch_images, group_units  # noqa: E402
 from renalclip_lib.data.device_cache import DeviceRois  # noqa: E402
@@ -80,6 +82,7 @@ def main() -> None:
     ap.add_argument("--batches", type=int, default=6)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--rotate", choices=AUGMENT_ROTATE, default="xyz", help="the augmentation's rotation axes")
     args = ap.parse_args()
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     print(f"machine: {describe_machine()}; device {dev}"
@@ -153,10 +156,12 @@ def main() -> None:
             diff = (check(hu.to(dev), params.to(dev)).cpu() - check(hu, params)).abs().max()
             print(f"batched augmentation on the GPU against the CPU, same parameters: max |difference| {float(diff):.2e}")
         bare_t = n / median_seconds(bare_train, args.repeats)
-        print(f"training (width {args.width}, batch {args.batch}, {args.workers} loader workers): bare {bare_t:.2f} samples/s")
-        runs = [("cpu", TrainAugment(flip=True, seed=0), None), ("device", DeviceAugment(flip=True), None)]
+        print(f"training (width {args.width}, batch {args.batch}, {args.workers} loader workers, rotation about "
+              f"{args.rotate}): bare {bare_t:.2f} samples/s")
+        runs = [("cpu", TrainAugment(flip=True, seed=0, rotate=args.rotate), None),
+                ("device", DeviceAugment(flip=True, rotate=args.rotate), None)]
         if on_device is not None:
-            runs.append(("device", DeviceAugment(flip=True), on_device))
+            runs.append(("device", DeviceAugment(flip=True, rotate=args.rotate), on_device))
         for where, augment, cache in runs:
             train_loader = make_loader(RoiDataset(rois, units, targets, augment=augment), args.batch, True, args.workers,
                                        device_cache=cache)

@@ -22,7 +22,7 @@ ROI_SPACING_MM = (1.0, 1.0, 5.0)
 ROI_SHAPE_XYZ = (140, 140, 32)
 # Network input: a 128 x 128 x 32 crop (centre at inference, random in training).
 CROP_SHAPE_XYZ = (128, 128, 32)
-# Where training augmentation runs: "auto" (the GPU when training on one), loader workers, the device.
+# Where training augmentation runs: "auto" (batched on the training device), loader workers, the device.
 AUGMENT_ON = ("auto", "cpu", "device")
 # Whether a stage copies the whole ROI cache onto the training device: "auto" (on a GPU, when it
 # takes at most DEVICE_CACHE_MAX_SHARE of the free GPU memory), "always", "never" (optim.device_cache).

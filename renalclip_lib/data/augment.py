@@ -16,8 +16,10 @@ Two implementations of the same table:
 - ``TrainAugment``: MONAI's random transforms, one ROI at a time, in the DataLoader workers (CPU);
 - ``DeviceAugment``: the workers only draw each ROI's parameters; the training loop applies them to
   the whole batch on the training device in one resampling (MONAI's affine matrices, torch
-  ``grid_sample`` exactly as MONAI's ``Resample`` calls it). On a GPU the per-ROI affine in CPU
-  workers is the bottleneck (about 60 ms per ROI per core), so ``train_augment`` picks this one there.
+  ``grid_sample`` exactly as MONAI's ``Resample`` calls it). ``train_augment`` picks this one by
+  default: on a GPU the per-ROI affine in CPU workers is the bottleneck (about 60 ms per ROI per
+  core), and on a 2-core CPU MONAI in the workers takes the network's cores (the batched one costs
+  about 6 ms per ROI with the axial rotation, 17 ms with Table 40's three axes).
 
 Usage::
 
@@ -98,15 +100,8 @@ class DeviceAugment:
     n_params = 14
 
     def __init__(self, flip: bool, affine: bool = True, intensity: bool = True, rotate: str = "xyz"):
-        from monai.transforms.utils import create_grid
-
         self.flip, self.affine, self.intensity = flip, affine, intensity
         self.rotate_ranges = np.asarray(rotate_ranges(rotate), np.float32)
-        self._create_grid = create_grid
-        self._grids: dict = {}
-
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "_grids": {}}   # loader workers get no device tensors
 
     def draw(self, rng: np.random.Generator) -> np.ndarray:
         """The parameters of one ROI, from ``rng`` (the dataset's per-item stream)."""
@@ -149,33 +144,55 @@ class DeviceAugment:
         translate_scale[:, 1, 3], translate_scale[:, 2, 3] = p[:, 3], p[:, 4]
         return out @ translate_scale
 
+    def sampling_affines(self, params: torch.Tensor, shape_zyx: tuple) -> torch.Tensor:
+        """(B, 14) parameters -> (B, 3, 4) ``affine_grid`` matrices that resample the windowed ROI of
+        ``shape_zyx`` straight into the network's cropped, flipped (z, x, y) grid.
+
+        Composes, per ROI, normalised output position -> centred voxel of the crop (crop offset,
+        flip, the (z, x, y) order) -> MONAI's affine -> normalised input position. For one output
+        voxel this is the coordinate MONAI's ``Resample`` would sample, without building the grid
+        in voxel units first."""
+        nz, ny, nx = shape_zyx
+        cx, cy, _ = CROP_SHAPE_XYZ
+        p = params.double()
+        b = p.shape[0]
+        out_to_centred = torch.zeros(b, 4, 4, dtype=p.dtype, device=p.device)   # columns: (y, x, z) of the output, 1
+        out_to_centred[:, 0, 2] = nz / 2.0
+        out_to_centred[:, 1, 0] = cy / 2.0
+        out_to_centred[:, 1, 3] = (cy - ny) / 2.0 + p[:, 7].floor()
+        out_to_centred[:, 2, 1] = torch.where(p[:, 9] > 0.5, -1.0, 1.0) * (cx / 2.0)
+        out_to_centred[:, 2, 3] = (cx - nx) / 2.0 + p[:, 8].floor()
+        out_to_centred[:, 3, 3] = 1.0
+        centred_to_input = torch.zeros(3, 4, dtype=p.dtype, device=p.device)     # rows: x, y, z of the input
+        centred_to_input[0, 2], centred_to_input[1, 1], centred_to_input[2, 0] = 2.0 / nx, 2.0 / ny, 2.0 / nz
+        return (centred_to_input @ self.matrices(p) @ out_to_centred).float()
+
     def __call__(self, hu: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
-        """(B, 1, 32, 140, 140) HU (any dtype) and (B, 14) parameters -> (B, 1, 32, 128, 128) in (z, x, y)."""
+        """(B, 1, 32, 140, 140) HU (any dtype) and (B, 14) parameters -> (B, 1, 32, 128, 128) in (z, x, y).
+
+        With the rotation kept to the axial plane every slice stays on its own z, so the slices are
+        resampled as channels of one bilinear 2D ``grid_sample`` (the same values as the trilinear
+        3D one, at about a tenth of its cost on a CPU)."""
         x = window_torch(hu)
         b, _, nz, ny, nx = x.shape
         cx, cy, _ = CROP_SHAPE_XYZ
-        params = params.detach().to(x.device, torch.float64)
-        key = ((nz, ny, nx), str(x.device))
-        if key not in self._grids:
-            self._grids[key] = torch.as_tensor(self._create_grid(key[0], backend="torch"), dtype=torch.float32,
-                                               device=x.device)[:, :, :cy, :cx].reshape(4, -1)
-        offsets = torch.zeros(b, 4, 1, dtype=torch.float32, device=x.device)
-        offsets[:, 1, 0], offsets[:, 2, 0] = params[:, 7].floor(), params[:, 8].floor()
-        coords = (self.matrices(params).float() @ (self._grids[key] + offsets)).reshape(b, 4, nz, cy, cx)
-        flipped = (params[:, 9] > 0.5).reshape(b, 1, 1, 1, 1)
-        coords = torch.where(flipped, coords.flip(-1), coords)
-        scale = torch.tensor([2.0 / nx, 2.0 / ny, 2.0 / nz], device=x.device)
-        grid = coords[:, [2, 1, 0]].permute(0, 2, 3, 4, 1) * scale
-        out = torch.nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        theta = self.sampling_affines(params.detach().to(x.device), (nz, ny, nx))
+        sample = dict(mode="bilinear", padding_mode="zeros", align_corners=False)
+        if self.rotate_ranges[1:].any():
+            grid = torch.nn.functional.affine_grid(theta, [b, 1, nz, cx, cy], align_corners=False)
+            out = torch.nn.functional.grid_sample(x, grid, **sample)
+        else:
+            grid = torch.nn.functional.affine_grid(theta[:, :2, [0, 1, 3]], [b, nz, cx, cy], align_corners=False)
+            out = torch.nn.functional.grid_sample(x[:, 0], grid, **sample)[:, None]
         shape = (b, 1, 1, 1, 1)
-        p = params.float()
-        out = out * (1.0 + p[:, 10].reshape(shape)) + p[:, 11].reshape(shape)
+        p = params.to(x.device).float()
+        out = out.mul_(1.0 + p[:, 10].reshape(shape)).add_(p[:, 11].reshape(shape))
         if self.intensity:      # for every ROI, kept where drawn: no wait for the GPU to decide
             lo = out.amin(dim=(1, 2, 3, 4), keepdim=True)
             span = out.amax(dim=(1, 2, 3, 4), keepdim=True) - lo
             adjusted = ((out - lo) / (span + 1e-7)) ** p[:, 13].reshape(shape) * span + lo
             out = torch.where((p[:, 12] > 0.5).reshape(shape), adjusted, out)
-        return out.permute(0, 1, 2, 4, 3).contiguous()
+        return out
 
     def apply_batch(self, batch: dict, device: torch.device) -> dict:
         """The loader's batch with ``image`` augmented on ``device`` (``aug`` holds the parameters)."""
@@ -185,10 +202,12 @@ class DeviceAugment:
 
 
 def train_augment(flip: bool, seed: int, augment_on: str, device, rotate: str = "xyz") -> "TrainAugment | DeviceAugment":
-    """The training augmentation for ``device``: ``augment_on`` is 'cpu' (MONAI in the loader
-    workers), 'device' (batched on the training device) or 'auto' (the device when it is a GPU);
-    ``rotate`` the axes of the rotation ("xyz" as Table 40, "z" the axial plane only)."""
+    """The training augmentation: ``augment_on`` is 'cpu' (MONAI per ROI in the loader workers),
+    'device' (batched on the training device) or 'auto' (the batched one, measured the faster on
+    a 2-core CPU and on a GPU alike: see benchmarks/bench_encoder.py); ``rotate`` the axes of the
+    rotation ("xyz" as Table 40, "z" the axial plane only). ``device`` is where training runs."""
     if augment_on not in AUGMENT_ON:
         raise ValueError(f"augment_on must be one of {AUGMENT_ON}, not {augment_on!r}")
-    on_device = augment_on == "device" or (augment_on == "auto" and torch.device(device).type == "cuda")
-    return DeviceAugment(flip=flip, rotate=rotate) if on_device else TrainAugment(flip=flip, seed=seed, rotate=rotate)
+    if augment_on == "cpu":
+        return TrainAugment(flip=flip, seed=seed, rotate=rotate)
+    return DeviceAugment(flip=flip, rotate=rotate)

@@ -26,7 +26,7 @@ class OptimOptions:
     amp: str = "bf16"                     # "bf16" (on GPU; CPU runs stay fp32) or "fp32"
     seed: int = 0
     num_workers: int = 0
-    augment_on: str = "auto"              # "auto" (the GPU when training on one), "cpu" (loader workers), "device"
+    augment_on: str = "auto"              # "auto" (batched on the training device), "cpu" (MONAI in loader workers), "device"
     augment_rotate: str = "xyz"           # "xyz": Table 40's rotation about every axis; "z": axial plane only
     device_cache: str = "auto"            # "auto" (the ROI cache on the GPU when it fits), "always", "never"
     select_metric: str = "val_loss"
