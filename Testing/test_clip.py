@@ -155,6 +155,36 @@ def test_lesion_view_reads_the_lesion_centred_roi_of_the_lesion_kidney():
     assert torch.allclose(ev[0]["image"], torch.tensor((-100 + 200) / 500))   # the release's window of -100 HU
 
 
+def test_phase_embeddings_are_the_evaluation_phase_or_the_mean_over_phases():
+    """``clip.fuse_phases``: each unit's normalised mean of its phases' embeddings, each phase's
+    computed alone from the centre crop; without it, the arterial-else-venous phase's."""
+    from renalclip_lib.data.datasets import group_units
+    from renalclip_lib.preprocess.roi import to_model_input
+    from renalclip_lib.training.clip_stage import phase_embeddings
+
+    torch.manual_seed(0)
+    enc = ImageEncoder(embed_dim=8, width=4).eval()
+    rois = np.random.default_rng(1).normal(40, 200, (7, 32, 140, 140)).astype(np.int16)
+    phases = {"u0": "VA", "u1": "N", "u2": "DNVA"}
+    index, row = [], 0
+    for unit, have in phases.items():
+        for ph in have:
+            index.append({"row": str(row), "unit": unit, "patient_id": unit, "phase": ph})
+            row += 1
+    units = group_units(index)
+    with torch.no_grad():
+        single = {r["row"]: enc.embed(torch.from_numpy(to_model_input(rois[int(r["row"])].astype(np.float32)))[None])[0].numpy()
+                  for r in index}
+    fused = phase_embeddings(enc, rois, units, torch.device("cpu"), 2, fuse=True)
+    one = phase_embeddings(enc, rois, units, torch.device("cpu"), 2, fuse=False)
+    for i, u in enumerate(units):
+        mean = np.mean([single[r["row"]] for r in u.rows.values()], axis=0)
+        np.testing.assert_allclose(fused[i], mean / np.linalg.norm(mean), atol=1e-5)
+        np.testing.assert_allclose(one[i], single[u.rows[u.eval_phase()]["row"]], atol=1e-5)
+    assert [u.eval_phase() for u in units] == ["A", "N", "A"]
+    assert not np.allclose(fused[2], one[2], atol=1e-3)
+
+
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory):
     from renalclip_lib.cli import main
@@ -197,13 +227,16 @@ def test_clip_stage_writes_what_evaluate_and_analyze_read(cohort):
     rois, index = open_cache(cohort / "cache", "lesion")
     first = preds.frame["patient_id"].iloc[0]
     rows = [r for r in index if r["patient_id"] == first]
-    row = next(r for p in ("A", "V", "N", "D") for r in rows if r["phase"] == p)
+    assert len(rows) > 1                          # demo.yaml's clip.fuse_phases averages over them
     with torch.no_grad():
-        e = ck.encoder.embed(torch.from_numpy(to_model_input(np.asarray(rois[int(row["row"])], np.float32)))[None]).numpy()
+        each = ck.encoder.embed(torch.from_numpy(np.stack([to_model_input(np.asarray(rois[int(r["row"])], np.float32))
+                                                           for r in rows]))).numpy()
+    e = each.mean(0, keepdims=True)
+    e /= np.linalg.norm(e)
     p = zeroshot_probabilities(e, prompts, "max", logit_scale=float(np.exp(ck.logit_scale)))["malignancy"][0]
     assert p == pytest.approx(preds.frame["zeroshot_malignancy_prob"].iloc[0], abs=1e-4)
     zs = json.loads((out / "zeroshot.json").read_text(encoding="utf-8"))
-    assert "malignancy" in zs["tasks"]
+    assert "malignancy" in zs["tasks"] and zs["fuse_phases"] is True
     mtime = (out / "best.pt").stat().st_mtime_ns
     assert main(args) == 0
     assert (out / "best.pt").stat().st_mtime_ns == mtime

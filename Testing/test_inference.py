@@ -251,3 +251,31 @@ def test_zeroshot_answer_is_the_softmax_of_scaled_max_similarities(world, tmp_pa
     s0, s1 = (float((prompts["malignancy"][c] @ emb).max()) for c in (0, 1))
     expected = 1.0 / (1.0 + np.exp(-scale * (s1 - s0)))
     assert a.zeroshot["malignancy"]["probability"] == pytest.approx(expected, abs=1e-4)
+    assert a.phases["zeroshot"] == ["A"]
+
+    # A bundle with clip.fuse_phases embeds every phase's ROI and averages; the heads keep one.
+    fused = load_bundle(build_bundle(tmp_path / "f", heads=world["tasks_pt"], clip=clip_pt, zeroshot=npz, fuse_phases=True))
+    b = analyze_case(case.phases, fused, center_lps=case.lesion_center)
+    order = [ph for ph in ("N", "A", "V", "D") if ph in case.phases]
+    assert len(order) > 1 and b.phases["zeroshot"] == order and b.phases["used"] == ["A"]
+    x = torch.from_numpy(np.stack([to_model_input(crop_roi(read_volume(case.phases[ph]), case.lesion_center))
+                                   for ph in order]))
+    with torch.no_grad():
+        mean = clip.image_encoder.embed(x).mean(0).numpy()
+    mean /= np.linalg.norm(mean)
+    s0, s1 = (float((prompts["malignancy"][c] @ mean).max()) for c in (0, 1))
+    assert b.zeroshot["malignancy"]["probability"] == pytest.approx(1.0 / (1.0 + np.exp(-scale * (s1 - s0))), abs=1e-4)
+    assert b.zeroshot["malignancy"]["probability"] != pytest.approx(expected, abs=1e-3)
+
+    # From a run folder the bundle takes the setting the clip stage recorded in zeroshot.json.
+    import shutil
+
+    run = tmp_path / "run"
+    (run / "finetune" / "attributes").mkdir(parents=True)
+    (run / "clip").mkdir()
+    shutil.copy(world["tasks_pt"], run / "finetune" / "attributes" / "best.pt")
+    shutil.copy(clip_pt, run / "clip" / "best.pt")
+    shutil.copy(npz, run / "clip" / "prompt_embeddings.npz")
+    for fuse in (True, False):
+        (run / "clip" / "zeroshot.json").write_text(json.dumps({"fuse_phases": fuse, "tasks": {}}), encoding="utf-8")
+        assert load_bundle(build_bundle(tmp_path / "r", run_dir=run)).zeroshot_fusion is fuse

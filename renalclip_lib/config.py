@@ -162,6 +162,7 @@ class ClipOptions:
     max_logit_scale: float = 100.0
     flip: bool = False
     lesion_view: float = 0.0          # probability that training reads a lesion kidney's lesion-centred ROI (0 = as released)
+    fuse_phases: bool = False         # retrieval and zero-shot outputs: embeddings averaged over a patient's phases (False = as released)
     prompts: str = ""                 # zero-shot prompt file; "" = Resources/prompts/zeroshot_prompt.json
     prompt_pairs: int = 1000
     prompt_pair_seed: int = 42

@@ -295,7 +295,7 @@ def analyze_case(phases: Mapping, bundle: Bundle, center_lps=None, center_ras=No
     x = torch.from_numpy(np.stack([model_inputs({p: rois[p]})[p] for p in used])).to(bundle.device)
 
     rep.progress("models", 0.5, "running the image models")
-    tasks, neph, survival, zeroshot, feats = {}, None, None, None, None
+    tasks, neph, survival, zeroshot, feats, zs_used = {}, None, None, None, None, []
     with torch.no_grad(), _timed(timings, "models"):
         if bundle.tasks_model is not None:
             feats_t, logits_t = bundle.tasks_model(x)
@@ -319,7 +319,10 @@ def analyze_case(phases: Mapping, bundle: Bundle, center_lps=None, center_ras=No
         if bundle.clip_encoder is not None and bundle.prompt_embeddings is not None:
             from ..evaluation.zeroshot import zeroshot_probabilities
 
-            emb = bundle.clip_encoder.embed(x).float().mean(0, keepdim=True)
+            zs_used = evaluated_phases(rois, fusion or bundle.zeroshot_fusion)
+            xz = x if zs_used == used else torch.from_numpy(
+                np.stack([model_inputs({p: rois[p]})[p] for p in zs_used])).to(bundle.device)
+            emb = bundle.clip_encoder.embed(xz).float().mean(0, keepdim=True)
             emb = torch.nn.functional.normalize(emb, dim=-1).cpu().numpy()
             probs = zeroshot_probabilities(emb, bundle.prompt_embeddings, logit_scale=bundle.logit_scale or 100.0)
             zeroshot = {t: {"probability": round(float(p[0]), 6)} for t, p in probs.items()}
@@ -342,7 +345,8 @@ def analyze_case(phases: Mapping, bundle: Bundle, center_lps=None, center_ras=No
                    center={"lps": [round(float(v), 3) for v in center],
                            "ras": [round(float(v), 3) for v in lps_to_ras(center)], "source": how},
                    phases={"given": sorted(vols, key=PHASES.index), "reference": ref_key, "used": used,
-                           "fusion": fusion and len(used) > 1},
+                           "fusion": fusion and len(used) > 1,
+                           "zeroshot": zs_used if zeroshot is not None else []},
                    warnings=warnings + list(bundle.warnings), models=bundle.checksums(), timings=timings)
     if bundle.manifest.get("synthetic"):
         a.disclaimer = DISCLAIMER_SYNTHETIC

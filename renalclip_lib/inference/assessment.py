@@ -10,7 +10,7 @@ Schema version 1 (documented in docs/assessment.md)::
     zeroshot: {BMC: {probability, label}, IC: {...}} | null
     report: {text, findings, impression} | null
     center: {lps, ras, source}
-    phases: {used, reference, fusion, evaluated}
+    phases: {given, reference, used, fusion, zeroshot}
     warnings: [str], models: {file: sha256 prefix}, timings: {step: seconds}
 
 A task whose head the bundle lacks is null and named in ``warnings``.

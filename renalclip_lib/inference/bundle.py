@@ -159,7 +159,7 @@ def _set_number_safe(report_dir: Path, on: bool) -> None:
 
 def build_bundle(out, run_dir=None, init: str | None = None, encoder=None, heads=None, survival=None,
                  clip=None, zeroshot=None, report=None, report_encoder=None, synthetic: bool | None = None,
-                 internal_cohorts=None, number_safe: bool | None = None) -> Path:
+                 internal_cohorts=None, number_safe: bool | None = None, fuse_phases: bool | None = None) -> Path:
     """Assemble a bundle folder atomically (built beside ``out``, then renamed into place).
 
     From a run folder, components are found at their stage paths (``finetune/<init>/best.pt``,
@@ -168,6 +168,8 @@ def build_bundle(out, run_dir=None, init: str | None = None, encoder=None, heads
     file) + ``heads`` (a checkpoint whose classifier heads fit that encoder) makes a tasks model
     from the published encoder and our heads. ``number_safe`` True/False sets the report generator's
     decoding (``DecodingOptions.number_safe``) in the bundle's copy; None keeps the generator's own.
+    ``fuse_phases`` True makes ``analyze`` embed every given phase for zero-shot and average
+    (``clip.fuse_phases``); None takes the run's ``clip/zeroshot.json``, else False.
     """
     from ..models.checkpoints import load_checkpoint, save_image_model
 
@@ -187,6 +189,8 @@ def build_bundle(out, run_dir=None, init: str | None = None, encoder=None, heads
             clip = run / "clip" / "best.pt"
         if zeroshot is None and (run / "clip" / "prompt_embeddings.npz").exists():
             zeroshot = run / "clip" / "prompt_embeddings.npz"
+        if fuse_phases is None and (run / "clip" / "zeroshot.json").exists():
+            fuse_phases = json.loads((run / "clip" / "zeroshot.json").read_text(encoding="utf-8")).get("fuse_phases")
         if report is None and (run / "report" / "model").is_dir():
             report = run / "report" / "model"
             report_encoder = report_encoder or _report_encoder(run)
@@ -242,7 +246,7 @@ def build_bundle(out, run_dir=None, init: str | None = None, encoder=None, heads
                                           "embed_dim": _embed_dim(ck.encoder)}
         if zeroshot is not None:
             _copy(Path(zeroshot), tmp / "zeroshot.npz")
-            info["components"]["zeroshot"] = {"file": "zeroshot.npz"}
+            info["components"]["zeroshot"] = {"file": "zeroshot.npz", "fuse_phases": bool(fuse_phases)}
         if report is not None:
             _copy(Path(report), tmp / "report")
             if number_safe is not None:
@@ -285,6 +289,7 @@ class Bundle:
     clip_encoder: object = None
     logit_scale: float | None = None
     prompt_embeddings: dict | None = None
+    zeroshot_fusion: bool = False
     report_generator: object = None
     report_encoder: object = None
     load_seconds: float = 0.0
@@ -370,6 +375,7 @@ def load_bundle(path, device: str = "cpu", verify: bool = True, report: bool = F
         from ..evaluation.zeroshot import load_prompt_embeddings
 
         b.prompt_embeddings = load_prompt_embeddings(path / comps["zeroshot"]["file"])
+        b.zeroshot_fusion = bool(comps["zeroshot"].get("fuse_phases", False))
     if report:
         b.load_report_generator()
     b.load_seconds = time.perf_counter() - t0

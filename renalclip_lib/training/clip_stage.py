@@ -20,7 +20,8 @@ retrieval (mean of image-to-text and text-to-image Recall@5). ``RUN/clip/`` then
 ``embeddings.npz`` (``image``, ``text``, ``patient_id``, ``cohort``: the evaluated patients with a
 report, for ``renalclip evaluate --embeddings``), ``predictions.csv`` (``zeroshot_<task>_prob`` by
 maximum similarity for every evaluated lesion) and ``zeroshot.json`` (AUCs by maximum similarity
-and over 1,000 random prompt pairs, per cohort group).
+and over 1,000 random prompt pairs, per cohort group). These outputs embed each patient's
+evaluation phase, or with ``clip.fuse_phases`` the mean of its phases' embeddings.
 
 Usage::
 
@@ -39,6 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from ..atomic import atomic_path, atomic_write_json
+from ..constants import PHASES
 from ..config import TrainConfig
 from ..data.augment import train_augment
 from ..data.datasets import RoiDataset, Unit, batch_images, parse_label
@@ -259,6 +261,28 @@ def embed_images(encoder, loader, device) -> np.ndarray:
     return emb[np.argsort(idx)]
 
 
+def phase_embeddings(encoder, rois, units: list[Unit], device, batch_size: int, fuse: bool) -> np.ndarray:
+    """Normalised joint-space embedding per unit: of its evaluation phase (arterial, else venous),
+    or with ``fuse`` the normalised mean of its phases' embeddings (the phase fusion of the
+    paper's ablation, applied to the embedding; ``analyze`` does the same with a fusion bundle)."""
+    if not fuse:
+        return embed_images(encoder, make_loader(RoiDataset(rois, units, np.zeros((len(units), 0)), raw=True),
+                                                 batch_size, False), device)
+    total = None
+    for phase in PHASES:
+        idx = [i for i, u in enumerate(units) if phase in u.rows]
+        if not idx:
+            continue
+        subset = [units[i] for i in idx]
+        emb = embed_images(encoder, make_loader(RoiDataset(rois, subset, np.zeros((len(subset), 0)), phase=phase, raw=True),
+                                                batch_size, False), device)
+        total = np.zeros((len(units), emb.shape[1]), np.float64) if total is None else total
+        total[idx] += emb
+    if total is None:
+        return np.zeros((0, 0), np.float32)
+    return (total / np.linalg.norm(total, axis=1, keepdims=True)).astype(np.float32)
+
+
 def retrieval_metrics(image: np.ndarray, text: np.ndarray, prefix: str = "val_") -> dict:
     from ..evaluation.retrieval import retrieval_hits
 
@@ -392,7 +416,7 @@ def write_clip_outputs(cfg: TrainConfig, run_dir, reports: dict | None = None, f
     evaluated = [u for u in lesion_kidneys(evaluated, reports) if u.unit in feats]
     if evaluated:
         text = np.stack([feats[u.unit][0] for u in evaluated])
-        img = embed_images(encoder, make_loader(ClipDataset(rois, evaluated, text[:, None], raw=True), bs, False), device)
+        img = phase_embeddings(encoder, rois, evaluated, device, bs, cfg.clip.fuse_phases)
         ids = [u.first["patient_id"] if _one_per_patient(evaluated) else u.unit for u in evaluated]
         with atomic_path(out / "embeddings.npz", ".npz") as tmp:
             with open(tmp, "wb") as fh:
@@ -404,8 +428,7 @@ def write_clip_outputs(cfg: TrainConfig, run_dir, reports: dict | None = None, f
     if (cache / "done_lesion.json").exists():
         lrois, _, _, lesions = lesion_units(cfg)
         if lesions:
-            dummy = np.zeros((len(lesions), 1, 1), np.float32)
-            img = embed_images(encoder, make_loader(ClipDataset(lrois, lesions, dummy, raw=True), bs, False), device)
+            img = phase_embeddings(encoder, lrois, lesions, device, bs, cfg.clip.fuse_phases)
             probs = zeroshot_probabilities(img, prompts, "max", logit_scale=scale)
             rows = []
             for i, u in enumerate(lesions):
@@ -430,7 +453,8 @@ def write_clip_outputs(cfg: TrainConfig, run_dir, reports: dict | None = None, f
                     dist = pair_auc_distribution(img[keep], y, classes, cfg.clip.prompt_pairs, cfg.clip.prompt_pair_seed)
                     summary.setdefault(task, {})[group] = {"max_similarity_auc": _auc(y, probs[task][keep]),
                                                            "prompt_pairs": {k: dist[k] for k in ("mean", "low", "high", "n")}}
-            atomic_write_json(out / "zeroshot.json", {"logit_scale": scale, "tasks": summary})
+            atomic_write_json(out / "zeroshot.json", {"logit_scale": scale, "fuse_phases": bool(cfg.clip.fuse_phases),
+                                                      "tasks": summary})
             written["zeroshot"] = str(out / "zeroshot.json")
     atomic_write_json(out / "outputs.json", written)
     return written
