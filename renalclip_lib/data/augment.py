@@ -19,7 +19,7 @@ Two implementations of the same table:
   ``grid_sample`` exactly as MONAI's ``Resample`` calls it). ``train_augment`` picks this one by
   default: on a GPU the per-ROI affine in CPU workers is the bottleneck (about 60 ms per ROI per
   core), and on a 2-core CPU MONAI in the workers takes the network's cores (the batched one costs
-  about 6 ms per ROI with the axial rotation, 17 ms with Table 40's three axes).
+  about 5 ms per ROI with the axial rotation, 18 ms with Table 40's three axes, on 2 cores).
 
 Usage::
 

@@ -40,8 +40,8 @@ import torch
 import torch.nn.functional as F
 
 from ..atomic import atomic_path, atomic_write_json
-from ..constants import PHASES
 from ..config import TrainConfig
+from ..constants import PHASES
 from ..data.augment import train_augment
 from ..data.datasets import RoiDataset, Unit, batch_images, parse_label
 from ..data.device_cache import device_cache
