@@ -140,7 +140,7 @@ def test_lesion_view_reads_the_lesion_centred_roi_of_the_lesion_kidney():
     text = np.zeros((4, 2, 3), np.float32)
 
     def values(prob, epochs):
-        ds = ClipDataset(rois, units, text, augment=train_augment(False, 0, "device", "cpu"), views=views, view_prob=prob)
+        ds = ClipDataset(rois, units, text, augment=train_augment(False, 0, "device"), views=views, view_prob=prob)
         return np.array([[int(ds[(e, i)]["image"][0, 0, 0, 0]) for i in range(4)] for e in range(epochs)])
 
     assert (values(0.0, 20) == [-100, -90, -80, -70]).all()

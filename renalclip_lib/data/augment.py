@@ -201,11 +201,11 @@ class DeviceAugment:
         return out
 
 
-def train_augment(flip: bool, seed: int, augment_on: str, device, rotate: str = "xyz") -> "TrainAugment | DeviceAugment":
+def train_augment(flip: bool, seed: int, augment_on: str, rotate: str = "xyz") -> "TrainAugment | DeviceAugment":
     """The training augmentation: ``augment_on`` is 'cpu' (MONAI per ROI in the loader workers),
     'device' (batched on the training device) or 'auto' (the batched one, measured the faster on
     a 2-core CPU and on a GPU alike: see benchmarks/bench_encoder.py); ``rotate`` the axes of the
-    rotation ("xyz" as Table 40, "z" the axial plane only). ``device`` is where training runs."""
+    rotation ("xyz" as Table 40, "z" the axial plane only)."""
     if augment_on not in AUGMENT_ON:
         raise ValueError(f"augment_on must be one of {AUGMENT_ON}, not {augment_on!r}")
     if augment_on == "cpu":

@@ -63,7 +63,7 @@ def run_attributes(cfg: TrainConfig, rois, train_units: list[Unit], val_units: l
     task = AttributeTask(ImageTaskModel(encoder, heads))
     task.meta = {"stage": "attributes", "seed": opt.seed, "width": cfg.model.width}
     train_ds = RoiDataset(rois, train_units, unit_targets(train_units, TARGET_COLUMNS),
-                          augment=train_augment(cfg.attributes.flip, opt.seed, opt.augment_on, ctx.device, opt.augment_rotate), seed=opt.seed)
+                          augment=train_augment(cfg.attributes.flip, opt.seed, opt.augment_on, opt.augment_rotate), seed=opt.seed)
     val_ds = RoiDataset(rois, val_units, unit_targets(val_units, TARGET_COLUMNS), raw=True)
     on_device = device_cache(rois, opt.device_cache, ctx.device, log)
     return fit(task, make_loader(train_ds, opt.batch_size, True, opt.num_workers, None, opt.seed, ctx.distributed, on_device),

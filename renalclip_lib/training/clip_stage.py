@@ -341,7 +341,7 @@ def train_clip(cfg: TrainConfig, encoder, rois, train_units: list[Unit], train_t
         lesion_rois, lesion_index = open_cache(_cache(cfg), "lesion")
         rois, views = lesion_views(rois, train_units, lesion_rois, lesion_index)
     train_ds = ClipDataset(rois, train_units, train_text,
-                           augment=train_augment(c.flip, opt.seed, opt.augment_on, ctx.device, opt.augment_rotate) if augment else None, seed=opt.seed,
+                           augment=train_augment(c.flip, opt.seed, opt.augment_on, opt.augment_rotate) if augment else None, seed=opt.seed,
                            views=views, view_prob=c.lesion_view)
     on_device = device_cache(rois, opt.device_cache, ctx.device, log)
     val_loader = make_loader(ClipDataset(rois, val_units, val_text, raw=True), opt.batch_size, False,

@@ -97,7 +97,7 @@ def run_finetune(cfg: TrainConfig, rois, train_units: list[Unit], val_units: lis
         sample_w = np.where(np.isnan(y0), 1.0, w0[np.nan_to_num(y0).astype(int)])
     task = FinetuneTask(model, tasks, weights)
     task.meta = {"stage": "finetune", "init": init, "tasks": tasks, "seed": optim.seed, "width": cfg.model.width}
-    train_ds = RoiDataset(rois, train_units, y_train, augment=train_augment(ft.flip, optim.seed, optim.augment_on, ctx.device, optim.augment_rotate), seed=optim.seed)
+    train_ds = RoiDataset(rois, train_units, y_train, augment=train_augment(ft.flip, optim.seed, optim.augment_on, optim.augment_rotate), seed=optim.seed)
     val_ds = RoiDataset(rois, val_units, unit_targets(val_units, tasks), raw=True)
     on_device = device_cache(rois, optim.device_cache, ctx.device, log)
     train_loader = make_loader(train_ds, optim.batch_size, True, optim.num_workers, sample_w, optim.seed, ctx.distributed, on_device)

@@ -95,7 +95,7 @@ def run_survival(cfg: TrainConfig, rois, train_units: list[Unit], val_units: lis
     cols = [f"{sv.endpoint}_time", f"{sv.endpoint}_event"]
     task = SurvivalTask(model)
     task.meta = {"stage": "survival", "endpoint": sv.endpoint, "seed": opt.seed, "width": cfg.model.width}
-    train_ds = RoiDataset(rois, train_units, unit_targets(train_units, cols), augment=train_augment(True, opt.seed, opt.augment_on, ctx.device, opt.augment_rotate),
+    train_ds = RoiDataset(rois, train_units, unit_targets(train_units, cols), augment=train_augment(True, opt.seed, opt.augment_on, opt.augment_rotate),
                           seed=opt.seed)
     val_ds = RoiDataset(rois, val_units, unit_targets(val_units, cols), raw=True)
     on_device = device_cache(rois, opt.device_cache, ctx.device, log)
