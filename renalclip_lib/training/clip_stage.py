@@ -265,22 +265,14 @@ def phase_embeddings(encoder, rois, units: list[Unit], device, batch_size: int, 
     """Normalised joint-space embedding per unit: of its evaluation phase (arterial, else venous),
     or with ``fuse`` the normalised mean of its phases' embeddings (the phase fusion of the
     paper's ablation, applied to the embedding; ``analyze`` does the same with a fusion bundle)."""
-    if not fuse:
-        return embed_images(encoder, make_loader(RoiDataset(rois, units, np.zeros((len(units), 0)), raw=True),
-                                                 batch_size, False), device)
-    total = None
-    for phase in PHASES:
-        idx = [i for i, u in enumerate(units) if phase in u.rows]
-        if not idx:
-            continue
-        subset = [units[i] for i in idx]
-        emb = embed_images(encoder, make_loader(RoiDataset(rois, subset, np.zeros((len(subset), 0)), phase=phase, raw=True),
-                                                batch_size, False), device)
-        total = np.zeros((len(units), emb.shape[1]), np.float64) if total is None else total
-        total[idx] += emb
-    if total is None:
+    from .phase_fusion import phase_means
+
+    mean = phase_means(lambda loader: {"embedding": embed_images(encoder, loader, device)}, rois, units,
+                       PHASES if fuse else (), batch_size)
+    if not mean:
         return np.zeros((0, 0), np.float32)
-    return (total / np.linalg.norm(total, axis=1, keepdims=True)).astype(np.float32)
+    emb = mean["embedding"]
+    return (emb / np.linalg.norm(emb, axis=1, keepdims=True)).astype(np.float32)
 
 
 def retrieval_metrics(image: np.ndarray, text: np.ndarray, prefix: str = "val_") -> dict:

@@ -20,16 +20,17 @@ from .predictions import write_predictions
 FUSION_SETTINGS = {"single": (), "A+V": ("A", "V"), "N+A+V": ("N", "A", "V"), "N+A+V+D": ("N", "A", "V", "D")}
 
 
-def fused_logits(model, rois, units: list[Unit], phases: tuple, device, batch_size: int = 8) -> dict:
-    """Logits per head averaged over ``phases`` available per unit (empty tuple: evaluation phase)."""
+def phase_means(compute, rois, units: list[Unit], phases: tuple, batch_size: int = 8) -> dict:
+    """Per unit, the mean over the ``phases`` it has of ``compute(loader) -> {name: rows}`` (rows in
+    the loader's order); a unit with none of them, or every unit for an empty tuple, contributes its
+    evaluation phase."""
     sums: dict[str, np.ndarray] = {}
     counts = np.zeros(len(units))
 
     def add(idx: list[int], phase) -> None:
         subset = [units[i] for i in idx]
         ds = RoiDataset(rois, subset, np.zeros((len(subset), 1)), phase=phase, raw=True)
-        logits, _ = predict_logits(model, make_loader(ds, batch_size, False), device)
-        for k, v in logits.items():
+        for k, v in compute(make_loader(ds, batch_size, False)).items():
             sums.setdefault(k, np.zeros((len(units),) + v.shape[1:]))[idx] += v
         counts[idx] += 1
 
@@ -41,6 +42,11 @@ def fused_logits(model, rois, units: list[Unit], phases: tuple, device, batch_si
     if rest:
         add(rest, None)
     return {k: v / counts.reshape((-1,) + (1,) * (v.ndim - 1)) for k, v in sums.items()}
+
+
+def fused_logits(model, rois, units: list[Unit], phases: tuple, device, batch_size: int = 8) -> dict:
+    """Logits per head averaged over ``phases`` available per unit (empty tuple: evaluation phase)."""
+    return phase_means(lambda loader: predict_logits(model, loader, device)[0], rois, units, phases, batch_size)
 
 
 @torch.no_grad()
