@@ -230,6 +230,32 @@ def test_determinism_and_patient_independent_of_n(tmp_path):
     assert c.labels == a.labels and c.reports == a.reports
 
 
+def test_held_out_pool_continues_the_cohort_with_its_external_patients_only(tmp_path):
+    """``renalclip phantom --first K --test-only``: patients K.. of the same seed, the test-split
+    ones only, each identical to that patient in one cohort generated in full."""
+    from renalclip_lib.cli import main
+    from renalclip_lib.errors import RenalCLIPError
+    from renalclip_lib.phantom.cohorts import cohort_index, resolve_cohorts, split_for_patient
+
+    mix = {"internal": 0.5, "external_thick": 0.5}
+    whole = write_cohort(tmp_path / "whole", 6, seed=3, cohorts=mix, matrix=64, phases=("A",))
+    pool = write_cohort(tmp_path / "pool", 4, seed=3, cohorts=mix, matrix=64, phases=("A",), first=2, splits=("test",))
+    specs, shares = resolve_cohorts(mix)
+    expected = [f"case_{i:05d}" for i in range(2, 6)
+                if split_for_patient(specs[cohort_index(i, 3, shares)], i, 3) == "test"]
+    assert expected and len(expected) < 4
+    rows = {r.split(",")[0]: r for r in whole.read_text(encoding="utf-8").splitlines()[1:]}
+    got = pool.read_text(encoding="utf-8").splitlines()[1:]
+    assert [r.split(",")[0] for r in got] == expected
+    assert all(r == rows[r.split(",")[0]] for r in got)
+    with pytest.raises(RenalCLIPError, match="none of patients 0..0"):
+        write_cohort(tmp_path / "none", 1, seed=3, cohorts="internal", matrix=64, splits=("test",))
+    assert main(["phantom", "--out", str(tmp_path / "cli"), "--patients", "4", "--seed", "3", "--matrix", "64",
+                 "--first", "2", "--test-only", "--quiet"]) == 0
+    assert {r.split(",")[0] for r in (tmp_path / "cli" / "manifest.csv").read_text(encoding="utf-8").splitlines()[1:]} \
+        <= {f"case_{i:05d}" for i in range(2, 6)}
+
+
 @pytest.fixture(scope="module")
 def many():
     return [simulate_case(patient_seed(1, i), "pretrain") for i in range(150)]

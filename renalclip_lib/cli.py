@@ -41,7 +41,8 @@ def cmd_phantom(args) -> int:
     from .phantom import write_cohort
 
     manifest = write_cohort(args.out, n_patients=args.patients, seed=args.seed, matrix=args.matrix,
-                            progress=_progress_printer(args.quiet))
+                            progress=_progress_printer(args.quiet), first=args.first,
+                            splits=("test",) if args.test_only else None)
     print(json.dumps({"manifest": str(manifest)}))
     return EXIT_OK
 
@@ -87,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     ph.add_argument("--patients", type=int, default=12)
     ph.add_argument("--seed", type=int, default=0)
     ph.add_argument("--matrix", type=int, default=512, help="in-plane matrix (512 = full size; 128 is fast)")
+    ph.add_argument("--first", type=int, default=0, help="index of the first patient (skip those an existing cohort of this seed has)")
+    ph.add_argument("--test-only", action="store_true",
+                    help="write only the external (test-split) patients: a held-out pool for a cohort of the same seed")
     ph.add_argument("--quiet", action="store_true")
     ph.set_defaults(func=cmd_phantom)
 
