@@ -141,7 +141,8 @@ def test_angiomyolipoma_has_macroscopic_fat_and_ccrcc_does_not():
     aml = generate_patient(find_seed("angiomyolipoma"), "pretrain", matrix=192)
     ph = aml.reference_phase
     hu = eroded_lesion_hu(aml, ph, LABEL_TUMOR)
-    assert (hu < -20).sum() >= 3, "macroscopic fat inside the angiomyolipoma"
+    # A classic AML is fat-rich: the mass's own fat, not a few specks (0.04 before the fat blobs grew).
+    assert np.mean(hu < -20) > 0.12, "macroscopic fat inside the angiomyolipoma"
     cc = generate_patient(find_seed("clear_cell_rcc_indolent"), "pretrain", matrix=192)
     hu_cc = eroded_lesion_hu(cc, cc.reference_phase, LABEL_TUMOR)
     assert np.mean(hu_cc < -20) < 0.01

@@ -75,6 +75,9 @@ SUBTYPE_WEIGHTS = {
 SIZE_LIMITS_CM = (1.5, 12.0)
 NECROSIS_HU = (10, 30)
 SCAR_HU = _hu((20, 30), (30, 50), (50, 70), (70, 90))
+# Semi-axes of an angiomyolipoma's fat blobs as a fraction of the mass's: together 25-65 % of its volume
+# (median about 40 %), a classic fat-rich AML.
+AML_FAT_BLOB_SCALE = (0.45, 0.75)
 
 
 @dataclass
@@ -214,12 +217,14 @@ def draw_lesion(rng: np.random.Generator, anatomy: Anatomy, hist: Histology, art
                                 texture=tex if hist.label == LABEL_TUMOR else None, texture_hu=tex_hu))
 
     if hist.key == "angiomyolipoma":
+        # Classic (fat-rich) AML: macroscopic fat is a large part of the mass (AML_FAT_BLOB_SCALE),
+        # so it survives 5 mm slices and the ROI's resampling; fat-poor AML is its own histology.
         feat["fat"] = True
         fat_hu = float(rng.uniform(-115, -85))
         feat["fat_hu"] = fat_hu
-        for _ in range(int(rng.integers(2, 6))):
-            off = rot @ (rng.uniform(-0.45, 0.45, 3) * axes)
-            blob = Ellipsoid(center + off, axes * rng.uniform(0.18, 0.4, 3), rotation_from_axes(*random_unit_vectors(rng, 2)),
+        for _ in range(int(rng.integers(2, 5))):
+            off = rot @ (rng.uniform(-0.35, 0.35, 3) * axes)
+            blob = Ellipsoid(center + off, axes * rng.uniform(*AML_FAT_BLOB_SCALE, 3), rotation_from_axes(*random_unit_vectors(rng, 2)),
                              _bumps(rng, "round"))
             les.layers.append(Layer("aml_fat", blob, hu={p: fat_hu for p in PHASES}, clip_to=shape))
     if hist.key == "oncocytoma" or (hist.key == "chromophobe_rcc" and rng.random() < 0.3):
