@@ -72,7 +72,7 @@ def write_cohort(out_dir, n_patients: int, seed: int = 0, cohorts=None, matrix: 
             rows.append(ManifestRow.from_dict(values, base_dir=out))
         if progress is not None:
             progress(n + 1, int(n_patients), f"{pid} ({pc.cohort}, {'/'.join(pc.images)})")
-    if not rows:
+    if splits is not None and not rows:
         raise RenalCLIPError(out, f"none of patients {first}..{first + n_patients - 1} is in the splits {', '.join(splits)}: "
                                   "ask for more patients")
     return write_manifest(rows, out / "manifest.csv")
