@@ -29,7 +29,9 @@ pytestmark = pytest.mark.slow
 
 TRAIN_SEED = 0
 HELD_OUT_SEED = 12345          # another seed: patients never seen in training
-TRAIN_KW = dict(n_patients=6, epochs=3, iterations=80, val_iterations=3, threads=1, n_proc_da=1)
+# 3 x 120 iterations: training patient 2 is a fat-rich angiomyolipoma (its fat labelled tumour);
+# after 3 x 80 the held-out kidney Dice was 0.64, after 3 x 120 0.905 (2026-12-01).
+TRAIN_KW = dict(n_patients=6, epochs=3, iterations=120, val_iterations=3, threads=1, n_proc_da=1)
 
 
 @pytest.fixture(scope="module")
