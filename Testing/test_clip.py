@@ -69,7 +69,7 @@ from renalclip_lib.config import TrainConfig
 from renalclip_lib.data.datasets import Unit
 from renalclip_lib.models import ImageEncoder, load_checkpoint
 from renalclip_lib.training.clip_stage import train_clip
-from renalclip_lib.training.distributed import DistContext
+from renalclip_lib.training.distributed import DistContext, exit_worker
 out, per_rank = sys.argv[1], int(sys.argv[2])
 rng = np.random.default_rng(0)
 n = 8
@@ -90,7 +90,7 @@ if ctx.is_main:
     print("RESULT " + json.dumps({"loss": res["history"][0]["train_loss"],
                                    "head": ck.encoder.global_embedding.head.weight.detach().double().flatten().tolist(),
                                    "conv": ck.encoder.conv1.weight.detach().double().flatten().tolist()}))
-ctx.close()
+exit_worker(0)
 '''
 
 

@@ -1,6 +1,10 @@
 """The pieces under every training stage: Cox loss, the loop's resume, configs, augmentation, cache."""
 import json
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -586,3 +590,28 @@ def test_shutdown_leaves_the_process_group_and_is_a_no_op_without_one(tmp_path):
     shutdown()
     assert not dist.is_initialized()
     shutdown(wait_for_peers=False)
+
+
+EXITING_WORKER = r'''
+import sys, torch, torch.distributed as dist
+from renalclip_lib.training.distributed import exit_worker
+exit_worker(5)
+print("no group: exit_worker returned")
+dist.init_process_group("gloo", init_method="file://" + sys.argv[1], rank=0, world_size=1)
+torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(2, 2))   # keeps the Gloo group alive past destroy
+sys.stdout.write("buffered, unflushed")
+exit_worker(3)
+print("not reached")
+'''
+
+
+def test_exit_worker_leaves_with_the_code_and_flushes_what_was_written(tmp_path):
+    """Inside a group: the given exit code, buffered output kept, nothing after it runs; outside: a no-op."""
+    script = tmp_path / "worker.py"
+    script.write_text(EXITING_WORKER, encoding="utf-8")
+    root = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"} | {"PYTHONPATH": str(root)}
+    out = subprocess.run([sys.executable, str(script), str(tmp_path / "store")], capture_output=True, text=True,
+                         cwd=root, env=env, timeout=120)
+    assert out.returncode == 3, out.stderr[-2000:]
+    assert out.stdout == "no group: exit_worker returned\nbuffered, unflushed"

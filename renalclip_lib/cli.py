@@ -122,12 +122,12 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _leave_process_group(ok: bool) -> None:
-    """A torchrun worker meets its peers before it exits (torch is only imported if a stage used it)."""
+def _leave_process_group(code: int) -> None:
+    """A torchrun worker meets its peers and exits here (torch is only imported if a stage used it)."""
     if "torch.distributed" in sys.modules:
-        from .training.distributed import shutdown
+        from .training.distributed import exit_worker
 
-        shutdown(wait_for_peers=ok)
+        exit_worker(code)
 
 
 def main(argv=None) -> int:
@@ -135,10 +135,14 @@ def main(argv=None) -> int:
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = build_parser().parse_args(argv)
+    code = _run(args)
+    _leave_process_group(code)
+    return code
+
+
+def _run(args) -> int:
     try:
-        code = int(args.func(args))
-        _leave_process_group(ok=code == 0)
-        return code
+        return int(args.func(args))
     except RenalCLIPError as exc:
         print(f"renalclip: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -151,7 +155,6 @@ def main(argv=None) -> int:
         traceback.print_exc()
         print("renalclip: internal error (a bug); the traceback above says where", file=sys.stderr)
         return EXIT_INTERNAL
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -8,11 +8,14 @@ Usage::
     ctx = DistContext.from_env()
     model = ctx.wrap(model)
     if ctx.is_main: save(...)
+    exit_worker(0)                   # last line of a torchrun worker script
 """
 from __future__ import annotations
 
 import atexit
+import logging
 import os
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -77,11 +80,6 @@ class DistContext:
         dist.all_reduce(t)
         return float(t.item()) / self.world_size
 
-    def close(self) -> None:
-        """Wait for every rank, then take the group down (see ``shutdown``)."""
-        if self.distributed:
-            shutdown()
-
 
 def shutdown(wait_for_peers: bool = True) -> None:
     """End this process's part in the process group, if it has one.
@@ -97,6 +95,33 @@ def shutdown(wait_for_peers: bool = True) -> None:
     if wait_for_peers:
         dist.barrier()
     dist.destroy_process_group()
+
+
+def exit_worker(code: int) -> None:
+    """End a torchrun worker with ``code``: leave the process group, flush, and exit at once.
+
+    Outside a process group this does nothing and returns. Inside one it never returns: it calls
+    ``shutdown`` (meeting the peers first when ``code`` is 0), flushes the standard streams and the
+    logging handlers, and leaves through ``os._exit`` without the interpreter's teardown. Why: DDP
+    and ``torch.distributed.nn`` keep the Gloo group and its threads alive after
+    ``destroy_process_group``, and freeing it while the interpreter finalises now and then aborts a
+    worker whose work was done ("terminate called without an active exception", SIGABRT), which
+    torchrun reports as a failed stage.
+
+    Usage: ``exit_worker(0)`` as the last line of a torchrun worker; the ``renalclip`` CLI does it.
+    """
+    if not dist.is_available() or not dist.is_initialized():
+        return
+    try:
+        shutdown(wait_for_peers=code == 0)
+    finally:
+        logging.shutdown()
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(code)
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
