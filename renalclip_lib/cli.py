@@ -156,5 +156,6 @@ def _run(args) -> int:
         print("renalclip: internal error (a bug); the traceback above says where", file=sys.stderr)
         return EXIT_INTERNAL
 
+
 if __name__ == "__main__":
     sys.exit(main())
