@@ -615,3 +615,35 @@ def test_exit_worker_leaves_with_the_code_and_flushes_what_was_written(tmp_path)
                          cwd=root, env=env, timeout=120)
     assert out.returncode == 3, out.stderr[-2000:]
     assert out.stdout == "no group: exit_worker returned\nbuffered, unflushed"
+
+
+def test_class_weighted_attribute_loss_is_the_balanced_cross_entropy_of_each_question():
+    from sklearn.utils.class_weight import compute_class_weight
+
+    from renalclip_lib.questionnaire import QUESTIONS
+    from renalclip_lib.training.attributes import HEAD_NAMES, AttributeTask
+
+    rng = np.random.default_rng(1)
+    n = 40
+    target = np.stack([rng.choice(np.r_[np.arange(q.n_classes), -1], n, p=None) for q in QUESTIONS], 1).astype(np.float32)
+    target[:, 6] = np.where(np.arange(n) < 3, 5, 1)
+    logits = {h: torch.randn(n, q.n_classes, generator=torch.Generator().manual_seed(i))
+              for i, (h, q) in enumerate(zip(HEAD_NAMES, QUESTIONS))}
+    model = lambda x: (None, logits)  # noqa: E731
+    batch = {"image": torch.zeros(n, 1, 2, 2, 2), "target": torch.as_tensor(target)}
+    weights = [class_weights(target[:, i], q.n_classes) for i, q in enumerate(QUESTIONS)]
+    weighted, _ = AttributeTask(model, weights).loss(model, batch, "cpu")
+    plain, _ = AttributeTask(model).loss(model, batch, "cpu")
+    ref_weighted = ref_plain = 0.0
+    for i, (h, q) in enumerate(zip(HEAD_NAMES, QUESTIONS)):
+        known = target[:, i] >= 0
+        y = target[known, i].astype(int)
+        present = np.unique(y)
+        w = np.zeros(q.n_classes)
+        w[present] = compute_class_weight("balanced", classes=present, y=y)
+        lt, yt = logits[h][torch.as_tensor(known)], torch.as_tensor(y)
+        ref_weighted += float(torch.nn.functional.cross_entropy(lt, yt, weight=torch.as_tensor(w, dtype=torch.float32)))
+        ref_plain += float(torch.nn.functional.cross_entropy(lt, yt))
+    assert float(weighted) == pytest.approx(ref_weighted, rel=1e-5)
+    assert float(plain) == pytest.approx(ref_plain, rel=1e-5)
+    assert abs(ref_weighted - ref_plain) > 0.1

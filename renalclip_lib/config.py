@@ -33,6 +33,7 @@ class AttributesOptions:
                                                                       weight_decay=5e-3, select_metric="val_macro_auc",
                                                                       select_mode="max"))
     flip: bool = False
+    class_weighted: bool = False    # weight each question's classes by inverse training frequency
 
     def validate(self, source=None, where: str = "attributes") -> "AttributesOptions":
         if self.optim.head_only_epochs:

@@ -2,7 +2,9 @@
 
 Each kidney of each patient is a sample (the kidney-centred ROI); each question has a linear head
 ``classifiers.text_label_<release id>`` as released; the loss is the cross-entropy of every
-question over its known answers ("don't know" = -1 and blanks ignored), summed over questions.
+question over its known answers ("don't know" = -1 and blanks ignored), summed over questions;
+with ``attributes.class_weighted`` each question's classes are weighted by inverse training
+frequency (``common.class_weights``), so rare answers such as fat density count as much as common ones.
 The best epoch has the highest macro AUC over questions on the validation kidneys. No horizontal
 flip: left and right must stay what the report says.
 
@@ -19,7 +21,7 @@ from ..data.datasets import RoiDataset, Unit, batch_images
 from ..data.device_cache import device_cache
 from ..models import AttributeHead, ImageEncoder, ImageTaskModel, save_image_model
 from ..questionnaire import QUESTIONS
-from .common import auc_score, make_loader, masked_cross_entropy, nanmean, predict_logits, softmax
+from .common import auc_score, class_weights, make_loader, masked_cross_entropy, nanmean, predict_logits, softmax
 from .distributed import DistContext
 from .finetune import unit_targets
 from .loop import fit
@@ -29,8 +31,9 @@ TARGET_COLUMNS = [f"q_{q.key}" for q in QUESTIONS]
 
 
 class AttributeTask:
-    def __init__(self, model: ImageTaskModel):
+    def __init__(self, model: ImageTaskModel, weights: list | None = None):
         self.model = model
+        self.weights = [None] * len(HEAD_NAMES) if weights is None else [torch.as_tensor(w, dtype=torch.float32) for w in weights]
         self.meta: dict = {}
 
     def param_groups(self, model, cfg):
@@ -39,7 +42,7 @@ class AttributeTask:
     def loss(self, model, batch, device):
         _, logits = model(batch_images(batch, device))
         target = batch["target"].to(device)
-        losses = [masked_cross_entropy(logits[h], target[:, i]) for i, h in enumerate(HEAD_NAMES)]
+        losses = [masked_cross_entropy(logits[h], target[:, i], self.weights[i]) for i, h in enumerate(HEAD_NAMES)]
         return torch.stack(losses).sum(), {}
 
     def evaluate(self, model, loader, device) -> dict:
@@ -60,9 +63,12 @@ def run_attributes(cfg: TrainConfig, rois, train_units: list[Unit], val_units: l
     torch.manual_seed(opt.seed)
     encoder = ImageEncoder(embed_dim=cfg.model.embed_dim, width=cfg.model.width)
     heads = {h: AttributeHead(q.n_classes, in_dim=encoder.feature_dim) for h, q in zip(HEAD_NAMES, QUESTIONS)}
-    task = AttributeTask(ImageTaskModel(encoder, heads))
+    y_train = unit_targets(train_units, TARGET_COLUMNS)
+    weights = ([class_weights(y_train[:, i], q.n_classes) for i, q in enumerate(QUESTIONS)]
+               if cfg.attributes.class_weighted else None)
+    task = AttributeTask(ImageTaskModel(encoder, heads), weights)
     task.meta = {"stage": "attributes", "seed": opt.seed, "width": cfg.model.width}
-    train_ds = RoiDataset(rois, train_units, unit_targets(train_units, TARGET_COLUMNS),
+    train_ds = RoiDataset(rois, train_units, y_train,
                           augment=train_augment(cfg.attributes.flip, opt.seed, opt.augment_on, opt.augment_rotate), seed=opt.seed)
     val_ds = RoiDataset(rois, val_units, unit_targets(val_units, TARGET_COLUMNS), raw=True)
     on_device = device_cache(rois, opt.device_cache, ctx.device, log)
