@@ -31,7 +31,7 @@ _SIDE_WORD = re.compile(r"\b(left|right|bilateral(?:ly)?|both kidneys)\b", _FLAG
 _MASS = re.compile(r"\b(mass(?:es)?|lesions?|cysts?|tumou?rs?|neoplasms?|carcinomas?|nodules?|angiomyolipomas?|"
                    r"oncocytomas?|rcc|aml)\b", _FLAGS)
 _NEGATOR = re.compile(r"\b(no|without|not|negative for|free of|absence of)\b", _FLAGS)
-_DIMS = re.compile(r"(\d+(?:\.\d+)?)\s*(?:(?:x|×|by)\s*(\d+(?:\.\d+)?)\s*)?(?:(?:x|×|by)\s*(\d+(?:\.\d+)?)\s*)?(cm|mm)\b",
+SIZE_PATTERN = re.compile(r"(\d+(?:\.\d+)?)\s*(?:(?:x|×|by)\s*(\d+(?:\.\d+)?)\s*)?(?:(?:x|×|by)\s*(\d+(?:\.\d+)?)\s*)?(cm|mm)\b",
                    _FLAGS)
 _ARTERIAL = re.compile(r"arterial phase|corticomedullary phase enhancement|on arterial", _FLAGS)
 _ADDITIONAL = re.compile(r"\b(additional|another|second|separate|incidental)\b", _FLAGS)
@@ -100,7 +100,7 @@ def _mentions_mass(sentence: str) -> bool:
 
 
 def _size_class(text: str) -> int:
-    m = _DIMS.search(text)
+    m = SIZE_PATTERN.search(text)
     if not m:
         return 0
     dims = [float(x) for x in m.groups()[:3] if x]
