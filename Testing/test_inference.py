@@ -279,3 +279,45 @@ def test_zeroshot_answer_is_the_softmax_of_scaled_max_similarities(world, tmp_pa
     for fuse in (True, False):
         (run / "clip" / "zeroshot.json").write_text(json.dumps({"fuse_phases": fuse, "tasks": {}}), encoding="utf-8")
         assert load_bundle(build_bundle(tmp_path / "r", run_dir=run)).zeroshot_fusion is fuse
+
+
+WRONG_REPORT = ("Findings: A 9.9 x 9.0 cm solid mass is seen in the {side} kidney.\n"
+                "Impression: {Side} renal mass (9.9 cm), likely malignant.")
+
+
+def test_a_segmented_case_is_measured_and_its_report_grounded(world, tmp_path, monkeypatch):
+    from renalclip_lib.extraction import extract_answers
+    from renalclip_lib.inference import analyze as analyze_module
+    from renalclip_lib.preprocess.lesion_size import measure_lesion
+
+    case = world["cases"][0]
+    labels = read_volume(case.label_path)
+    expected = measure_lesion(labels, case.lesion_center)
+    other = "left" if expected.side == "right" else "right"
+    raw = WRONG_REPORT.format(side=other, Side=other.capitalize())
+    monkeypatch.setattr(analyze_module, "_generate_report", lambda *a, **k: {"text": raw})
+    bundle = load_bundle(world["bundle"])
+    a = analyze_case(case.phases, bundle, center_lps=case.lesion_center, segmentation=case.label_path, report=True)
+    assert a.center["source"] == "given (LPS)"
+    assert a.measurement["side"] == expected.side and a.measurement["size_class"] == expected.size_class
+    assert a.measurement["diameters_mm"] == pytest.approx(expected.diameters_mm, abs=0.05)
+    answers = extract_answers(a.report["text"])
+    assert answers["side"] == expected.side and answers[f"q_size_{expected.side}"] == expected.size_class
+    assert a.report["generated_text"] == raw and a.report["grounding"][0] == f"side: {other} -> {expected.side}"
+    kept = analyze_case(case.phases, bundle, segmentation=case.label_path, report=True, ground=False)
+    assert kept.report["text"] == raw and kept.measurement == a.measurement
+    plain = analyze_case(case.phases, bundle, center_lps=case.lesion_center, report=True)
+    assert plain.measurement is None and plain.report["text"] == raw
+    assert Assessment.from_dict(a.to_dict()).measurement == a.measurement
+
+    cohort = tmp_path / "cohort"
+    shutil.copytree(world["root"] / "cohort", cohort)
+    out = tmp_path / "batch"
+    assert main(["batch", "--manifest", str(cohort / "manifest.csv"), "--bundle", str(world["bundle"]),
+                 "--out", str(out), "--report", "--no-evaluate", "--quiet"]) == 0
+    preds = {r["patient_id"]: r for r in csv.DictReader(open(out / "predictions.csv", encoding="utf-8"))}
+    row = preds[case.patient_id]
+    assert extract_answers(row["report_pred"])["side"] == expected.side
+    assert row["report_true"].startswith("Findings: ") and row["report_true"] != row["report_pred"]
+    saved = Assessment.read(out / "cases" / case.patient_id / "assessment.json")
+    assert saved.measurement["diameters_mm"] == pytest.approx(expected.diameters_mm, abs=0.05)

@@ -233,19 +233,27 @@ def evaluated_phases(available, fusion: bool) -> list[str]:
 def analyze_case(phases: Mapping, bundle: Bundle, center_lps=None, center_ras=None, segmentation=None,
                  segment_with=None, report: bool = False, panel=None, greedy: bool = False,
                  reporter: ProgressReporter | None = None, segmenter=None,
-                 number_safe: bool | None = None) -> Assessment:
-    """Analyse one case; see the module docstring. Exactly one centre source must be given.
+                 number_safe: bool | None = None, ground: bool = True) -> Assessment:
+    """Analyse one case; see the module docstring.
 
-    ``segmentation`` is a label map (path or Volume, labels 1 kidney, 2 tumour, 3 cyst);
-    ``segment_with`` an nnU-Net model folder (``segmenter`` may inject a ready ``SegmentationModel``).
+    The centre comes from a point (``center_lps`` or ``center_ras``), else from the segmentation:
+    ``segmentation``, a label map (path or Volume, labels 1 kidney, 2 tumour, 3 cyst), or
+    ``segment_with``, an nnU-Net model folder (``segmenter`` may inject a ready ``SegmentationModel``).
+    A point may come with a segmentation: the point places the ROI, the segmentation is measured.
+    With a segmentation the assessment holds the mass's measurement (``measurement``: side,
+    diameters, volume) and, with ``ground`` (the default), the report states the measured side and
+    size (``extraction.grounding``; the model's own text stays in ``report.generated_text``).
     ``number_safe``: True/False overrides the bundle's ``DecodingOptions.number_safe`` for the report.
     """
     import torch
 
     rep = reporter or ProgressReporter(quiet=True)
-    sources = [x is not None for x in (center_lps, center_ras, segmentation, segment_with)]
-    if sum(sources) != 1:
-        raise RenalCLIPError(None, "give exactly one of a centre (LPS or RAS), a segmentation, or an nnU-Net model")
+    if center_lps is not None and center_ras is not None:
+        raise RenalCLIPError(None, "give the centre once, in LPS or in RAS")
+    if segmentation is not None and segment_with is not None:
+        raise RenalCLIPError(None, "give a segmentation or an nnU-Net model, not both")
+    if all(x is None for x in (center_lps, center_ras, segmentation, segment_with)):
+        raise RenalCLIPError(None, "give a centre (LPS or RAS), a segmentation, or an nnU-Net model")
     timings: dict = {}
     warnings: list[str] = []
     t_start = time.perf_counter()
@@ -259,23 +267,27 @@ def analyze_case(phases: Mapping, bundle: Bundle, center_lps=None, center_ras=No
     labels = None
     rep.progress("centre", 0.15, "finding the lesion centre")
     with _timed(timings, "centre"):
-        if center_lps is not None:
-            center, how = np.asarray(center_lps, float).reshape(3), "given (LPS)"
-        elif center_ras is not None:
-            center, how = ras_to_lps(np.asarray(center_ras, float).reshape(3)), "given (RAS)"
-        elif segmentation is not None:
+        if segmentation is not None:
             seg = segmentation if isinstance(segmentation, Volume) else read_volume(segmentation)
-            labels = _labels_on(seg, vols[ref_key])
-            center, how = _center_from_labels(labels, seg.source or "segmentation"), "segmentation (largest axial section of the lesion)"
-        else:
+            labels, seg_name = _labels_on(seg, vols[ref_key]), seg.source or "segmentation"
+            how = "segmentation (largest axial section of the lesion)"
+        elif segment_with is not None:
             with _timed(timings, "segmentation"):
                 from ..segmentation import SegmentationModel
 
                 model = segmenter or SegmentationModel(segment_with, device=bundle.device, verbose=False)
                 labels = model.predict(vols[ref_key])
-            center, how = _center_from_labels(labels, os.fspath(segment_with or "nnU-Net")), "nnU-Net segmentation"
+            seg_name, how = os.fspath(segment_with), "nnU-Net segmentation"
+        if center_lps is not None:
+            center, how = np.asarray(center_lps, float).reshape(3), "given (LPS)"
+        elif center_ras is not None:
+            center, how = ras_to_lps(np.asarray(center_ras, float).reshape(3)), "given (RAS)"
+        else:
+            center = _center_from_labels(labels, seg_name)
+    measurement = None
     if labels is not None:
         warnings += _label_warnings(labels, center)
+        measurement = _measure(labels, center, warnings)
 
     rep.progress("roi", 0.3, "cutting the ROI from each phase")
     from ..preprocess import crop_roi
@@ -331,6 +343,11 @@ def analyze_case(phases: Mapping, bundle: Bundle, center_lps=None, center_ras=No
         rep.progress("report", 0.7, "generating the report")
         with _timed(timings, "report"):
             report_out = _generate_report(bundle, x, greedy, warnings, number_safe)
+            if report_out is not None and measurement is not None and ground:
+                report_out = _grounded(report_out, measurement)
+                if report_out["grounding"]:
+                    warnings.append("the generated report disagreed with the segmentation and was corrected: "
+                                    + "; ".join(report_out["grounding"]))
     if panel is not None:
         rep.progress("panel", 0.9, "drawing the ROI panel")
         with _timed(timings, "panel"):
@@ -342,6 +359,7 @@ def analyze_case(phases: Mapping, bundle: Bundle, center_lps=None, center_ras=No
             save_assessment_panel(rois, panel, seg_roi=seg_rois, title=_panel_title(tasks, neph))
     timings["total"] = round(time.perf_counter() - t_start, 4)
     a = Assessment(tasks=tasks, nephrometry=neph, survival=survival, zeroshot=zeroshot, report=report_out,
+                   measurement=None if measurement is None else measurement.to_dict(),
                    center={"lps": [round(float(v), 3) for v in center],
                            "ras": [round(float(v), 3) for v in lps_to_ras(center)], "source": how},
                    phases={"given": sorted(vols, key=PHASES.index), "reference": ref_key, "used": used,
@@ -352,6 +370,26 @@ def analyze_case(phases: Mapping, bundle: Bundle, center_lps=None, center_ras=No
         a.disclaimer = DISCLAIMER_SYNTHETIC
     rep.progress("done", 1.0, a.summary_line())
     return a
+
+
+def _measure(labels: Volume, center: np.ndarray, warnings: list):
+    from ..preprocess.lesion_size import measure_lesion
+
+    try:
+        return measure_lesion(labels, center)
+    except EmptySegmentationError:
+        warnings.append("the segmentation holds no tumour or cyst: no measurement, the report is not checked")
+        return None
+
+
+def _grounded(report: dict, measurement) -> dict:
+    from ..extraction.grounding import ground_report
+    from ..extraction.report_text import split_report
+
+    text, changes = ground_report(report["text"], measurement)
+    findings, impression = split_report(text)
+    return {"text": text, "findings": findings, "impression": impression,
+            "generated_text": report["text"], "grounding": changes}
 
 
 def _panel_title(tasks: dict, neph: dict | None) -> str:

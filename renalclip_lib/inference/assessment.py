@@ -8,7 +8,8 @@ Schema version 1 (documented in docs/assessment.md)::
     nephrometry: {total, suffix, complexity} | null
     survival: {endpoint, risk_score, threshold, risk_group} | null
     zeroshot: {BMC: {probability, label}, IC: {...}} | null
-    report: {text, findings, impression} | null
+    report: {text, findings, impression[, generated_text, grounding]} | null
+    measurement: {side, diameters_mm, diameters_cm, volume_ml, label, size_class} | null
     center: {lps, ras, source}
     phases: {given, reference, used, fusion, zeroshot}
     warnings: [str], models: {file: sha256 prefix}, timings: {step: seconds}
@@ -42,6 +43,7 @@ class Assessment:
     survival: dict | None = None
     zeroshot: dict | None = None
     report: dict | None = None
+    measurement: dict | None = None
     center: dict = field(default_factory=dict)
     phases: dict = field(default_factory=dict)
     warnings: list = field(default_factory=list)

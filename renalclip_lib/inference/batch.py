@@ -2,11 +2,15 @@
 
 For each patient of the manifest (the cohort manifest format, one row per image): the lesion centre
 comes from the manifest's centre columns, else its label map, else the nnU-Net model given with
-``segment_with``. Output::
+``segment_with``. The label map, else the nnU-Net segmentation, is also measured, and with
+``report`` the generated report states the measured side and size (``ground``; see ``analyze``).
+Output::
 
     OUT/cases/<patient_id>/assessment.json   one per finished case (skipped on rerun)
     OUT/summary.csv                          one row per patient: status, error, main answers
     OUT/predictions.csv                      the ``renalclip evaluate`` format, when labels exist
+                                             (with ``report``: report_pred, and report_true from
+                                             the manifest's report of the lesion kidney)
     OUT/evaluation/                          ``renalclip evaluate`` on it (tables, figures, HTML)
 
 A case that fails is recorded with its one-line error and the rest go on.
@@ -51,8 +55,15 @@ def _summary_row(case, a: Assessment | None, status: str, error: str = "", secon
     return row
 
 
-def prediction_row(case, a: Assessment) -> dict:
-    """One row of the evaluation format from an assessment and the case's manifest labels."""
+def _lesion_reports(manifest) -> dict[str, str]:
+    from ..training.report_stage import lesion_reports
+
+    return lesion_reports(manifest)
+
+
+def prediction_row(case, a: Assessment, reference_report: str | None = None) -> dict:
+    """One row of the evaluation format from an assessment and the case's manifest labels; with a
+    generated report and the manifest's report of the lesion kidney, ``report_pred``/``report_true``."""
     row = {"patient_id": case.patient_id, "cohort": case.cohort, "split": case.split}
     for comp in RENAL_COMPONENTS:
         t = a.tasks.get(f"renal_{comp}")
@@ -72,6 +83,8 @@ def prediction_row(case, a: Assessment) -> dict:
     if a.zeroshot:
         for task, z in a.zeroshot.items():
             row[f"zeroshot_{task}_prob"] = z["probability"]
+    if a.report and a.report.get("text") and reference_report:
+        row["report_true"], row["report_pred"] = reference_report, a.report["text"]
     return row
 
 
@@ -93,7 +106,7 @@ def _has_labels(rows: list[dict]) -> bool:
 
 def run_batch(manifest, bundle_path, out, device: str = "cpu", segment_with=None, report: bool = False,
               evaluate: bool = True, n_boot: int = 200, reporter: ProgressReporter | None = None,
-              show_bar: bool = True) -> dict:
+              show_bar: bool = True, ground: bool = True) -> dict:
     from ..data.manifest_cases import cases_from_manifest
     from .analyze import analyze_case
     from .bundle import load_bundle
@@ -101,6 +114,7 @@ def run_batch(manifest, bundle_path, out, device: str = "cpu", segment_with=None
     out = Path(out)
     rep = reporter or ProgressReporter(quiet=True)
     cases, problems = cases_from_manifest(manifest, on_error="skip")
+    references = _lesion_reports(manifest) if report else {}
     bundle = load_bundle(bundle_path, device=device, report=report)
     segmenter = None
     summary_rows, pred_rows = [], []
@@ -117,14 +131,14 @@ def run_batch(manifest, bundle_path, out, device: str = "cpu", segment_with=None
         if target.exists():
             a = Assessment.read(target)
             summary_rows.append(_summary_row(case, a, "done (earlier run)"))
-            pred_rows.append(prediction_row(case, a))
+            pred_rows.append(prediction_row(case, a, references.get(case.patient_id)))
             n_skipped += 1
             continue
         try:
             kwargs = {}
             if case.lesion_center is not None:
                 kwargs["center_lps"] = case.lesion_center
-            elif case.label_path:
+            if case.label_path:
                 kwargs["segmentation"] = case.label_path
             elif segment_with is not None:
                 if segmenter is None:
@@ -132,13 +146,13 @@ def run_batch(manifest, bundle_path, out, device: str = "cpu", segment_with=None
 
                     segmenter = SegmentationModel(segment_with, device=device, verbose=False)
                 kwargs["segment_with"], kwargs["segmenter"] = segment_with, segmenter
-            else:
+            elif not kwargs:
                 raise RenalCLIPError(manifest, f"case {i + 1}: no lesion centre, label map or --segment-with model")
-            a = analyze_case(case.phases, bundle, report=report,
+            a = analyze_case(case.phases, bundle, report=report, ground=ground,
                              panel=cdir / "panel.png", **kwargs)
             a.write(target)
             summary_rows.append(_summary_row(case, a, "done", seconds=time.perf_counter() - t0))
-            pred_rows.append(prediction_row(case, a))
+            pred_rows.append(prediction_row(case, a, references.get(case.patient_id)))
             n_done += 1
         except (RenalCLIPError, OSError, ValueError, RuntimeError) as exc:
             summary_rows.append(_summary_row(case, None, "failed", " ".join(str(exc).split()),

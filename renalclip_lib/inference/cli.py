@@ -67,7 +67,7 @@ def cmd_analyze(args) -> int:
     a = analyze_case(phases, bundle, center_lps=args.center_lps, center_ras=args.center_ras,
                      segmentation=args.segmentation, segment_with=args.segment_with, report=args.report,
                      panel=args.panel, greedy=args.greedy, reporter=rep,
-                     number_safe=True if args.number_safe else None)
+                     number_safe=True if args.number_safe else None, ground=not args.raw_report)
     a.timings["bundle_load"] = round(bundle.load_seconds, 4)
     a.write(out)
     payload = {"assessment": str(out), "summary": a.summary(), "summary_line": a.summary_line(),
@@ -97,6 +97,7 @@ def cmd_batch(args) -> int:
     rep = _reporter(args)
     result = run_batch(args.manifest, args.bundle, args.out, device=args.device, segment_with=args.segment_with,
                        report=args.report, evaluate=not args.no_evaluate, n_boot=args.bootstrap, reporter=rep,
+                       ground=not args.raw_report,
                        show_bar=not args.quiet)
     rep.print_result(result)
     return EXIT_OK
@@ -159,14 +160,18 @@ def add_inference_parsers(sub) -> None:
                                    "stderr, no assessment written), 1 internal error.")
     a.add_argument("--phase", action="append", required=True, metavar="PHASE=PATH",
                    help="a phase image (N, A, V or D) as a file or DICOM folder; repeat for each phase")
-    c = a.add_mutually_exclusive_group(required=True)
+    c = a.add_mutually_exclusive_group()
     c.add_argument("--center-lps", nargs=3, type=float, metavar=("X", "Y", "Z"), help="lesion centre, LPS mm")
     c.add_argument("--center-ras", nargs=3, type=float, metavar=("X", "Y", "Z"), help="lesion centre, RAS mm (Slicer)")
-    c.add_argument("--segmentation", help="label map (1 kidney, 2 tumour, 3 cyst): centre of the largest lesion")
-    c.add_argument("--segment-with", metavar="NNUNET_DIR", help="nnU-Net model folder: segment, then centre")
+    g = a.add_mutually_exclusive_group()
+    g.add_argument("--segmentation", help="label map (1 kidney, 2 tumour, 3 cyst): centre of the largest lesion "
+                                          "unless a centre is given; the mass is measured")
+    g.add_argument("--segment-with", metavar="NNUNET_DIR", help="nnU-Net model folder: segment, then centre and measure")
     a.add_argument("--bundle", required=True, help="model bundle folder (renalclip bundle)")
     a.add_argument("--out", required=True, help="assessment.json to write")
     a.add_argument("--report", action="store_true", help="also generate the radiology report")
+    a.add_argument("--raw-report", action="store_true",
+                   help="keep the generated side and size even where the segmentation measures others")
     a.add_argument("--greedy", action="store_true", help="greedy decoding instead of beam search")
     a.add_argument("--number-safe", action="store_true",
                    help="exempt digits from the 3-gram block and repetition penalty (keeps measurements intact)")
@@ -198,8 +203,11 @@ def add_inference_parsers(sub) -> None:
     t.add_argument("--manifest", required=True)
     t.add_argument("--bundle", required=True)
     t.add_argument("--out", required=True)
-    t.add_argument("--segment-with", metavar="NNUNET_DIR", help="nnU-Net model for cases without centre or labels")
+    t.add_argument("--segment-with", metavar="NNUNET_DIR",
+                   help="nnU-Net model for cases without a label map: centre (unless given) and measurement")
     t.add_argument("--report", action="store_true")
+    t.add_argument("--raw-report", action="store_true",
+                   help="keep the generated side and size even where the segmentation measures others")
     t.add_argument("--device", default="cpu")
     t.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples of the evaluation")
     t.add_argument("--no-evaluate", action="store_true")
