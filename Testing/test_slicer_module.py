@@ -347,8 +347,12 @@ def test_analyze_command_is_the_documented_command_line():
                     "--panel", "p.png", "--device", "cpu", "--progress-json"]
     seg = commands.analyze_command(["r"], {"A": "a"}, "B", "o.json", segment_with="nn", device="cuda:1")
     assert seg[seg.index("--segment-with") + 1] == "nn" and seg[seg.index("--device") + 1] == "cuda:1"
-    for bad, msg in ((dict(phases={"A": "a"}), "exactly one"),
-                     (dict(phases={"A": "a"}, center_ras=(0, 0, 0), segmentation="l"), "exactly one"),
+    both = commands.analyze_command(["r"], {"A": "a"}, "B", "o.json", center_ras=(1, 2, 3), segmentation="l.nii.gz")
+    assert both[both.index("--center-ras") + 1:both.index("--center-ras") + 4] == ["1.0", "2.0", "3.0"]
+    assert both[both.index("--segmentation") + 1] == "l.nii.gz"
+    for bad, msg in ((dict(phases={"A": "a"}), "give a lesion centre"),
+                     (dict(phases={"A": "a"}, center_ras=(0, 0, 0), center_lps=(0, 0, 0)), "once"),
+                     (dict(phases={"A": "a"}, segmentation="l", segment_with="m"), "not both"),
                      (dict(phases={}, center_ras=(0, 0, 0)), "at least one phase"),
                      (dict(phases={"X": "x"}, center_ras=(0, 0, 0)), "unknown phase"),
                      (dict(phases={"A": "a"}, center_ras=(0, 0, 0), device="gpu"), "device")):
@@ -389,6 +393,7 @@ if args[:2] == ["segmentation", "predict"]:
 phases = dict(v.split("=", 1) for i, v in enumerate(args) if i and args[i - 1] == "--phase")
 rep.progress("register", 0.2, f"{len(phases)} phases")
 ras = np.array([float(v) for v in value("--center-ras", 3)])
+measured = read_volume(value("--segmentation")[0]) if "--segmentation" in args else None
 lps = ras * np.array([-1.0, -1.0, 1.0])
 vols = {p: read_volume(f) for p, f in phases.items()}
 ref = vols["A"]
@@ -410,6 +415,8 @@ assessment = {
                "impression": "suspicious."} if "--report" in args else None,
     "center": {"lps": lps.tolist(), "ras": ras.tolist(), "source": "point",
                "voxel_label": None},
+    "measurement": None if measured is None else {"side": "left", "diameters_cm": [5.2, 4.1, 3.8],
+                                                  "lesion_voxels": int((measured.array == 2).sum())},
     "phases": {"used": sorted(phases), "reference": "A", "fusion": len(phases) > 1, "shapes": shapes},
     "warnings": ["no N head"], "models": {}, "timings": {},
 }
@@ -444,10 +451,17 @@ def test_segmentation_and_analysis_run_in_children_and_fill_the_scene(scene, sam
     assert a["phases"]["used"] == sorted(sample["images"])
     assert len({tuple(s) for s in a["phases"]["shapes"].values()}) == 1
     np.testing.assert_allclose(a["center"]["lps"], sample["lesion_center_lps"], atol=1e-3)
+    # ... and the reviewed segmentation, exported on the reference grid, to be measured.
+    from renalclip_lib.io import read_volume
+
+    reviewed = read_volume(tmp_path / "work" / "segmentation_reviewed.nii.gz")
+    np.testing.assert_array_equal(reviewed.array, read_volume(sample["labels"]["A"]).array)
+    assert a["measurement"]["lesion_voxels"] == int((reviewed.array == 2).sum()) > 0
 
     table = logic.resultsTableNode()
     rows = [[table.GetCellText(r, c) for c in range(4)] for r in range(table.GetNumberOfRows())]
     assert rows[0] == ["R: Radius", ">= 7 cm", "0.700", "3"]
+    assert ["Measured size", "5.2 x 4.1 x 3.8 cm", "", "left kidney"] in rows
     assert not any(r[0].startswith("N:") for r in rows), "a null task has no row"
     assert ["Malignancy", "malignant", "0.910", ""] in rows
     assert rows[-1][:2] == ["Survival risk", "high risk"]

@@ -66,16 +66,21 @@ def analyze_command(prefix: Sequence[str], phases: Mapping[str, str], bundle: st
                     center_ras: Sequence[float] | None = None, center_lps: Sequence[float] | None = None,
                     segmentation: str | None = None, segment_with: str | None = None, report: bool = False,
                     panel: str | None = None, device: str = "cpu") -> list[str]:
-    """argv of ``renalclip analyze`` (with ``--progress-json``); exactly one centre source is required."""
+    """argv of ``renalclip analyze`` (with ``--progress-json``): a centre (RAS or LPS), a segmentation
+    (file or nnU-Net model), or a centre with a segmentation (the point places the ROI, the
+    segmentation is measured and grounds the report)."""
     given = [p for p in PHASES if phases.get(p)]
     unknown = sorted(set(k for k, v in phases.items() if v) - set(PHASES))
     if unknown:
         raise ValueError(f"unknown phase(s) {', '.join(unknown)} (expected some of {', '.join(PHASES)})")
     if not given:
         raise ValueError("select at least one phase volume")
-    sources = [s for s in (center_ras, center_lps, segmentation, segment_with) if s is not None]
-    if len(sources) != 1:
-        raise ValueError("give exactly one of: a lesion centre (RAS or LPS), a segmentation, a segmentation model")
+    if center_ras is not None and center_lps is not None:
+        raise ValueError("give the lesion centre once, in RAS or in LPS")
+    if segmentation is not None and segment_with is not None:
+        raise ValueError("give a segmentation or a segmentation model, not both")
+    if all(s is None for s in (center_ras, center_lps, segmentation, segment_with)):
+        raise ValueError("give a lesion centre (RAS or LPS), a segmentation or a segmentation model")
     if not bundle:
         raise ValueError("choose the RenalCLIP model bundle folder")
     _check_device(device)
@@ -86,9 +91,9 @@ def analyze_command(prefix: Sequence[str], phases: Mapping[str, str], bundle: st
         argv += ["--center-ras", *(_num(v) for v in _triple(center_ras))]
     elif center_lps is not None:
         argv += ["--center-lps", *(_num(v) for v in _triple(center_lps))]
-    elif segmentation is not None:
+    if segmentation is not None:
         argv += ["--segmentation", str(segmentation)]
-    else:
+    elif segment_with is not None:
         argv += ["--segment-with", str(segment_with)]
     argv += ["--bundle", str(bundle), "--out", str(out)]
     if report:

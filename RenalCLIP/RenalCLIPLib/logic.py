@@ -30,7 +30,7 @@ from .parameters import Parameters
 from .phase_inputs import guess_phases
 from .registration import register_phase_nodes
 from .results import fill_table_node, load_assessment, summary_line, table_rows
-from .segmentation_nodes import segmentation_from_label_volume
+from .segmentation_nodes import label_volume_from_segmentation, segmentation_from_label_volume
 
 RESULTS_TABLE_NAME = "RenalCLIP results"
 SEGMENTATION_NAME = "RenalCLIP segmentation"
@@ -192,8 +192,20 @@ class CaseLogic(JobLogic):
             raise ValueError("choose the RenalCLIP model bundle folder")
         folder = self.workFolder()
         files = {p: str(self.writeVolumeFile(n, folder / f"phase_{p}.nii")) for p, n in phaseNodes.items()}
+        labels = self.writeSegmentationFile(folder / "segmentation_reviewed.nii.gz")
         return commands.analyze_command(self.prefix(), files, bundle=bundle, out=str(out), center_ras=center,
-                                        report=report, device=device)
+                                        segmentation=labels, report=report, device=device)
+
+    def writeSegmentationFile(self, path, segmentationNode=None, referenceNode=None) -> str | None:
+        """The case's (reviewed) segmentation as a label map file for the analysis to measure the mass
+        and check the report's side and size against; None when the case has no segmentation."""
+        from renalclip_lib.io import write_volume
+
+        segmentationNode = segmentationNode or self.params.node_for("Segmentation")
+        if segmentationNode is None:
+            return None
+        labels = label_volume_from_segmentation(segmentationNode, referenceNode or self.referenceNode())
+        return str(write_volume(labels, path))
 
     def startAnalysis(self, bundle: str, report: bool = False, device: str = "cpu", out=None, **callbacks) -> ChildProcess:
         """Run the analysis in a child process; on success the results fill the table node."""

@@ -1,7 +1,8 @@
 """assessment.json (schema version 1) -> the panel's results table, summary line and report files.
 
-Rows: one per task the bundle answered (R, E, N, A, L, the R.E.N.A.L. score, malignancy,
-aggressiveness, survival risk, zero-shot answers) with columns task, class, probability, points.
+Rows: one per task the bundle answered (R, E, N, A, L, the measured size when the case had a
+segmentation, the R.E.N.A.L. score, malignancy, aggressiveness, survival risk, zero-shot answers)
+with columns task, class, probability, points.
 Class names come from ``renalclip_lib.tasks``; the summary line is the library's own
 (``Assessment.summary_line``), so the panel and the command line say the same thing.
 
@@ -60,6 +61,10 @@ def table_rows(assessment: dict) -> list[tuple[str, str, str, str]]:
         points = t.get("points")
         rows.append((f"{c}: {_short_name(key)}", label, _prob(t["probabilities"][k]),
                      "" if points is None else str(points)))
+    measured = assessment.get("measurement")
+    if measured:
+        dims = " x ".join(f"{float(d):.1f}" for d in measured["diameters_cm"])
+        rows.append(("Measured size", f"{dims} cm", "", f"{measured['side']} kidney"))
     neph = assessment.get("nephrometry")
     if neph and neph.get("total") is not None:
         rows.append(("R.E.N.A.L. score", f"{neph['total']}{neph.get('suffix') or ''}", "",
@@ -104,7 +109,7 @@ def with_edited_report(assessment: dict, text: str) -> dict:
     out = json.loads(json.dumps(assessment))
     report = dict(out.get("report") or {})
     if report.get("text") != text:
-        report["generated_text"] = report.get("text")
+        report.setdefault("generated_text", report.get("text"))
         report["text"] = text
         report["edited"] = True
     out["report"] = report
