@@ -4,6 +4,7 @@ import json
 import pytest
 
 from renalclip_lib.cli import main
+from renalclip_lib.extraction import SIDE_KEY, extract_answers
 from renalclip_lib.inference import Assessment, load_bundle
 
 pytestmark = pytest.mark.slow
@@ -23,6 +24,13 @@ def test_quick_demo_runs_everything_and_resumes(tmp_path, capsys):
     assert a.nephrometry["total"] in range(4, 13) and 0.0 <= a.tasks["malignancy"]["probability"] <= 1.0
     assert a.survival["risk_group"] in ("high", "low")
     assert "not for clinical use" in a.disclaimer
+    side = summary["case"]["side"]
+    assert a.measurement["side"] == side and a.measurement["diameters_cm"][0] > 0
+    if a.report:
+        raw = extract_answers(a.report.get("generated_text", a.report["text"]))[SIDE_KEY]
+        if raw in ("left", "right"):
+            assert extract_answers(a.report["text"])[SIDE_KEY] == side
+        assert "Measured on" in index
     bundle = load_bundle(summary["bundle"])
     assert bundle.manifest["synthetic"] is True and set(bundle.heads) >= {"renal_R", "malignancy"}
     assert (out / "run" / "evaluation" / "metrics.json").exists()

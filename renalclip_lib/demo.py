@@ -2,8 +2,8 @@
 
 Steps: synthetic cohort -> tiny nnU-Net (trained by nnU-Net v2's own pipeline; checked on a held-out
 kidney region) -> every training stage (``renalclip train all`` with Resources/configs/demo.yaml) ->
-evaluation of the held-out external cohorts -> ``analyze`` of one held-out case (with its report) ->
-``DIR/index.html``. The trained bundle stays in ``DIR/run/bundle`` for ``renalclip analyze``.
+evaluation of the held-out external cohorts -> ``analyze`` of one held-out case (its label map standing
+in for the reviewed segmentation: the mass is measured and the report grounded in it) -> ``DIR/index.html``. The trained bundle stays in ``DIR/run/bundle`` for ``renalclip analyze``.
 Everything resumes: a second run reuses what the first finished.
 
 Its models are trained on synthetic data and are not for clinical use; every page says so.
@@ -126,12 +126,12 @@ def run_demo(out_dir, quick: bool = False, seed: int = 0, reporter: ProgressRepo
     with _step("analyze one held-out case", rep, timings):
         bundle = load_bundle(run_dir / "bundle")
         has_report = "report" in bundle.manifest.get("components", {})
-        assessment = analyze_case(case.phases, bundle, center_lps=case.lesion_center, report=has_report,
-                                  greedy=True, panel=out / "panel.png")
+        assessment = analyze_case(case.phases, bundle, center_lps=case.lesion_center, segmentation=case.label_path,
+                                  report=has_report, greedy=True, panel=out / "panel.png")
         assessment.write(out / "assessment.json")
     summary = {"disclaimer": DISCLAIMER_SYNTHETIC, "manifest": str(manifest), "nnunet": seg_check,
                "stages": stages, "bundle": str(run_dir / "bundle"), "assessment": str(out / "assessment.json"),
-               "case": {"cohort": case.cohort, "truth": {k: case.labels.get(k, "") for k in
+               "case": {"cohort": case.cohort, "side": case.lesion_side, "truth": {k: case.labels.get(k, "") for k in
                         ("histology", "renal_R", "renal_E", "renal_N", "renal_A", "renal_L", "malignancy",
                          "aggressiveness")}},
                "timings_s": timings, "index": str(out / "index.html")}
@@ -144,6 +144,22 @@ def run_demo(out_dir, quick: bool = False, seed: int = 0, reporter: ProgressRepo
 def _table(rows: list[tuple]) -> str:
     body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
     return f"<table>{body}</table>"
+
+
+def _measurement_line(m: dict | None) -> str:
+    if not m:
+        return "<p>No segmentation was measured.</p>"
+    dims = " x ".join(f"{d:.1f}" for d in m["diameters_cm"])
+    return (f"<p>Measured on the case's label map (standing in for a reviewed segmentation): {html.escape(m['side'])} "
+            f"kidney, {dims} cm, {m['volume_ml']:.1f} ml.</p>")
+
+
+def _grounding_part(report: dict) -> str:
+    if not report.get("grounding"):
+        return ""
+    changes = "".join(f"<li>{html.escape(c)}</li>" for c in report["grounding"])
+    return (f"<p>Corrected to the measurement (Report grounding):</p><ul>{changes}</ul>"
+            f"<p>The generator wrote:</p><pre>{html.escape(report.get('generated_text', ''))}</pre>")
 
 
 def render_demo_index(out: Path, summary: dict, a: dict) -> str:
@@ -184,8 +200,10 @@ def render_demo_index(out: Path, summary: dict, a: dict) -> str:
         f"{', '.join(a['phases']['given'])}, model saw {', '.join(a['phases']['used'])}.</p>",
         "<p>Warnings: " + (html.escape("; ".join(a["warnings"])) or "none") + "</p>",
         "<img src='panel.png' alt='ROI planes'>",
+        _measurement_line(a.get("measurement")),
         "<h2>Generated report</h2>",
         f"<pre>{html.escape(report.get('text', 'no report generator in the bundle'))}</pre>",
+        _grounding_part(report),
         "<h2>Evaluation of the held-out cohorts</h2>",
         f"<p><a href='{rel(eval_index)}'>Tables and figures</a> (renalclip evaluate).</p>" if eval_index.exists()
         else "<p>No evaluation was run.</p>",
