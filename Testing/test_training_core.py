@@ -209,6 +209,22 @@ def test_config_validation_names_file_and_key(tmp_path):
         load_config(tmp_path / "none.yaml")
 
 
+def test_relative_data_paths_resolve_in_the_file_against_its_folder_and_from_set_against_cwd(tmp_path, monkeypatch):
+    folder = tmp_path / "configs"
+    folder.mkdir()
+    cfg_file = folder / "c.yaml"
+    cfg_file.write_text("data:\n  manifest: cohort/manifest.csv\n  cache: cache\n", encoding="utf-8")
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    cfg = load_config(cfg_file)
+    assert Path(cfg.data.manifest) == folder.resolve() / "cohort" / "manifest.csv"
+    assert Path(cfg.data.cache) == folder.resolve() / "cache"
+    cfg = load_config(cfg_file, {"data.cache": "my_cache", "data.manifest": str(tmp_path / "m.csv")})
+    assert Path(cfg.data.cache) == work.resolve() / "my_cache"
+    assert Path(cfg.data.manifest) == tmp_path / "m.csv"
+
+
 def test_shipped_configs_load():
     from renalclip_lib.resources import resource_path
 

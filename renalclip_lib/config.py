@@ -279,8 +279,13 @@ def _set(raw: dict, dotted: str, value) -> None:
     node[parts[-1]] = value
 
 
+_DATA_PATH_KEYS = ("data.manifest", "data.cache")
+
+
 def load_config(path, overrides: dict | None = None) -> TrainConfig:
-    """Read and validate a YAML config; relative data paths resolve against the config's folder."""
+    """Read and validate a YAML config. Relative data paths (``data.manifest``, ``data.cache``) written
+    in the file resolve against the config's folder; those given in ``overrides`` (``--set``) against
+    the working directory, as any command-line path does."""
     import yaml
 
     path = os.fspath(path)
@@ -292,6 +297,8 @@ def load_config(path, overrides: dict | None = None) -> TrainConfig:
     except yaml.YAMLError as exc:
         raise ConfigError(path, f"not valid YAML ({str(exc).splitlines()[0]})") from None
     for k, v in (overrides or {}).items():
+        if k in _DATA_PATH_KEYS and isinstance(v, str) and v and not os.path.isabs(v):
+            v = os.path.abspath(v)
         _set(raw, k, v)
     cfg = _build(TrainConfig, raw, path, "")
     base = Path(path).resolve().parent
