@@ -229,6 +229,17 @@ def test_batch_isolates_failures_resumes_and_evaluates(world, tmp_path):
     assert (out / "cases" / cases[0].patient_id / "assessment.json").stat().st_mtime_ns == first
 
 
+def test_batch_with_a_bundle_without_survival_still_evaluates(world, tmp_path):
+    bundle = build_bundle(tmp_path / "no_survival", heads=world["tasks_pt"], synthetic=True)
+    out = tmp_path / "batch"
+    assert main(["batch", "--manifest", str(world["manifest"]), "--bundle", str(bundle), "--out", str(out),
+                 "--bootstrap", "20", "--quiet"]) == 0
+    preds = list(csv.DictReader(open(out / "predictions.csv", encoding="utf-8")))
+    assert "risk" not in preds[0] and "rfs_time" not in preds[0] and "malignancy_prob" in preds[0]
+    metrics = json.loads((out / "evaluation" / "metrics.json").read_text())
+    assert "malignancy" in json.dumps(metrics) and "rfs" not in json.dumps(metrics)
+
+
 def test_zeroshot_answer_is_the_softmax_of_scaled_max_similarities(world, tmp_path):
     from renalclip_lib.evaluation.zeroshot import save_prompt_embeddings
     from renalclip_lib.models.clip_model import ClipModel, save_clip_model

@@ -33,7 +33,8 @@ from .bundle import BINARY_TASKS
 
 SUMMARY_COLUMNS = ("patient_id", "cohort", "status", "error", "seconds", "renal_score", "complexity",
                    "malignancy_prob", "aggressiveness_prob", "risk", "risk_group", "warnings")
-SURVIVAL_PASSTHROUGH = ("rfs_time", "rfs_event", "dss_time", "dss_event", "os_time", "os_event", "stage", "grade")
+SURVIVAL_TIMES = ("rfs_time", "rfs_event", "dss_time", "dss_event", "os_time", "os_event")
+STAGE_GRADE = ("stage", "grade")
 
 
 def _case_dir(out: Path, patient_id: str) -> Path:
@@ -63,7 +64,8 @@ def _lesion_reports(manifest) -> dict[str, str]:
 
 def prediction_row(case, a: Assessment, reference_report: str | None = None) -> dict:
     """One row of the evaluation format from an assessment and the case's manifest labels; with a
-    generated report and the manifest's report of the lesion kidney, ``report_pred``/``report_true``."""
+    generated report and the manifest's report of the lesion kidney, ``report_pred``/``report_true``.
+    Survival times go with a risk only: ``evaluate`` refuses times without one."""
     row = {"patient_id": case.patient_id, "cohort": case.cohort, "split": case.split}
     for comp in RENAL_COMPONENTS:
         t = a.tasks.get(f"renal_{comp}")
@@ -78,7 +80,9 @@ def prediction_row(case, a: Assessment, reference_report: str | None = None) -> 
             row[f"{task}_prob"] = t["probability"]
     if a.survival:
         row["risk"] = a.survival["risk_score"]
-    for col in SURVIVAL_PASSTHROUGH:
+        for col in SURVIVAL_TIMES:
+            row[col] = case.labels.get(col, "")
+    for col in STAGE_GRADE:
         row[col] = case.labels.get(col, "")
     if a.zeroshot:
         for task, z in a.zeroshot.items():
