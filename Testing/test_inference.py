@@ -240,6 +240,46 @@ def test_batch_with_a_bundle_without_survival_still_evaluates(world, tmp_path):
     assert "malignancy" in json.dumps(metrics) and "rfs" not in json.dumps(metrics)
 
 
+def test_batch_segments_with_nnunet_without_mirroring_when_told(world, tmp_path, monkeypatch):
+    """The label maps stand in for nnU-Net's output; the model must be built as the flag says."""
+    import renalclip_lib.segmentation as segmentation
+    from renalclip_lib.inference.analyze import _labels_on
+
+    labels_of = {str(p): c.label_path for c in world["cases"] for p in c.phases.values()}
+    built = []
+
+    class FakeModel:
+        def __init__(self, model_dir, device="cpu", mirroring=True, verbose=False):
+            built.append(mirroring)
+
+        def predict(self, volume):
+            return _labels_on(read_volume(labels_of[str(volume.source)]), volume)
+
+    monkeypatch.setattr(segmentation, "SegmentationModel", FakeModel)
+    rows = list(csv.DictReader(open(world["manifest"], encoding="utf-8")))
+    for r in rows:
+        r["image_path"] = str(world["manifest"].parent / r["image_path"])
+        r["label_path"] = ""
+    manifest = tmp_path / "no_labels.csv"
+    with open(manifest, "w", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    out = tmp_path / "batch"
+    assert main(["batch", "--manifest", str(manifest), "--bundle", str(world["bundle"]), "--out", str(out),
+                 "--segment-with", str(tmp_path / "nnunet"), "--no-mirroring", "--no-evaluate", "--quiet"]) == 0
+    assert built == [False]
+    with_labels = tmp_path / "with_labels"
+    assert main(["batch", "--manifest", str(world["manifest"]), "--bundle", str(world["bundle"]), "--out",
+                 str(with_labels), "--no-evaluate", "--quiet"]) == 0
+    sides = {r["patient_id"]: r["lesion_side"] for r in rows}
+    for case in world["cases"]:
+        a = Assessment.read(out / "cases" / case.patient_id / "assessment.json")
+        b = Assessment.read(with_labels / "cases" / case.patient_id / "assessment.json")
+        assert a.measurement["side"] == sides[case.patient_id]
+        assert a.measurement == b.measurement
+
+
 def test_zeroshot_answer_is_the_softmax_of_scaled_max_similarities(world, tmp_path):
     from renalclip_lib.evaluation.zeroshot import save_prompt_embeddings
     from renalclip_lib.models.clip_model import ClipModel, save_clip_model

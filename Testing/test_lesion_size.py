@@ -111,3 +111,17 @@ def test_a_report_without_a_size_gets_the_measurement_and_a_bilateral_one_keeps_
     both = "Findings: Masses in both kidneys, 2.0 cm on the right.\nImpression: Bilateral renal masses."
     grounded, changes = ground_report(both, MEASURED)
     assert not any(c.startswith("side") for c in changes) and "right" in grounded
+
+
+def test_findings_and_impression_in_different_kidneys_take_the_measured_side():
+    text = ("Findings: In the upper pole of the right kidney, a solid mass measuring 2.0 x 2.1 cm is noted. "
+            "The remaining renal parenchyma enhances normally.\n"
+            "Impression: Left upper pole renal mass (2.4 cm), highly suspicious for renal cell carcinoma.")
+    assert extract_answers(text)["side"] == "bilateral"
+    grounded, changes = ground_report(text, MEASURED)
+    assert extract_answers(grounded)["side"] == "left"
+    assert "upper pole of the left kidney" in grounded and "Left upper pole renal mass (5.2 cm)" in grounded
+    assert changes[0] == "findings side: right -> left"
+    impression_wrong = text.replace("right kidney", "left kidney").replace("Left upper", "Right upper")
+    grounded, changes = ground_report(impression_wrong, MEASURED)
+    assert extract_answers(grounded)["side"] == "left" and changes[0] == "impression side: right -> left"

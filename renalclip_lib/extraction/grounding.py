@@ -7,7 +7,9 @@ kidney, is wrong in the two facts a radiologist checks first. When the case has 
 
 - side: when the report places the mass in one kidney and the measurement in the other, every
   "left" and "right" is swapped (case kept), so the description of the other kidney follows;
-  a report that names both kidneys or neither is left as it is;
+  when the findings and the impression each place it in a different kidney (a slip the small
+  generator makes), the section that names the wrong one is swapped; a report describing masses
+  in both kidneys, or naming neither, is left as it is;
 - size: the first size expression of the findings and of the impression (``2.6 x 2.0 cm``,
   ``26 x 20 mm``, ``(2.6 cm)``, the extractor's pattern) take the measured diameters, in the same
   unit and with as many dimensions; findings without one get a sentence stating the measurement.
@@ -58,6 +60,22 @@ def _ground_size(section: str, dims_mm) -> tuple[str, str | None]:
     return section[:m.start()] + new + section[m.start() + len(old):], f"size: {old} -> {new}"
 
 
+def _ground_section_sides(findings: str, impression: str, side: str, changes: list[str]) -> tuple[str, str]:
+    """Findings and impression placing the mass in different kidneys: the wrong section is swapped.
+    Nothing changes when either section describes both kidneys' masses (the extractor's bilateral)."""
+    stated = {name: extract_answers(section).get(SIDE_KEY)
+              for name, section in (("findings", findings), ("impression", impression))}
+    if not all(v in SIDES or v is None for v in stated.values()):
+        return findings, impression
+    if stated["findings"] is not None and stated["findings"] != side:
+        findings = _swap_sides(findings)
+        changes.append(f"findings side: {stated['findings']} -> {side}")
+    if stated["impression"] is not None and stated["impression"] != side:
+        impression = _swap_sides(impression)
+        changes.append(f"impression side: {stated['impression']} -> {side}")
+    return findings, impression
+
+
 def ground_report(text: str, measurement) -> tuple[str, list[str]]:
     """``text`` with side and size set to ``measurement`` (a ``LesionSize``), and the changes made."""
     changes: list[str] = []
@@ -66,6 +84,8 @@ def ground_report(text: str, measurement) -> tuple[str, list[str]]:
         text = _swap_sides(text)
         changes.append(f"side: {stated} -> {measurement.side}")
     findings, impression = split_report(text)
+    if stated not in SIDES:
+        findings, impression = _ground_section_sides(findings, impression, measurement.side, changes)
     findings, change = _ground_size(findings, measurement.diameters_mm)
     if change:
         changes.append("findings " + change)

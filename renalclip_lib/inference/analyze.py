@@ -233,7 +233,7 @@ def evaluated_phases(available, fusion: bool) -> list[str]:
 def analyze_case(phases: Mapping, bundle: Bundle, center_lps=None, center_ras=None, segmentation=None,
                  segment_with=None, report: bool = False, panel=None, greedy: bool = False,
                  reporter: ProgressReporter | None = None, segmenter=None,
-                 number_safe: bool | None = None, ground: bool = True) -> Assessment:
+                 number_safe: bool | None = None, ground: bool = True, mirroring: bool = True) -> Assessment:
     """Analyse one case; see the module docstring.
 
     The centre comes from a point (``center_lps`` or ``center_ras``), else from the segmentation:
@@ -243,6 +243,7 @@ def analyze_case(phases: Mapping, bundle: Bundle, center_lps=None, center_ras=No
     With a segmentation the assessment holds the mass's measurement (``measurement``: side,
     diameters, volume) and, with ``ground`` (the default), the report states the measured side and
     size (``extraction.grounding``; the model's own text stays in ``report.generated_text``).
+    ``mirroring``: nnU-Net's test-time mirroring with ``segment_with`` (about 8x slower in 3D).
     ``number_safe``: True/False overrides the bundle's ``DecodingOptions.number_safe`` for the report.
     """
     import torch
@@ -275,7 +276,8 @@ def analyze_case(phases: Mapping, bundle: Bundle, center_lps=None, center_ras=No
             with _timed(timings, "segmentation"):
                 from ..segmentation import SegmentationModel
 
-                model = segmenter or SegmentationModel(segment_with, device=bundle.device, verbose=False)
+                model = segmenter or SegmentationModel(segment_with, device=bundle.device, mirroring=mirroring,
+                                                       verbose=False)
                 labels = model.predict(vols[ref_key])
             seg_name, how = os.fspath(segment_with), "nnU-Net segmentation"
         if center_lps is not None:

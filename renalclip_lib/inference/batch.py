@@ -110,7 +110,7 @@ def _has_labels(rows: list[dict]) -> bool:
 
 def run_batch(manifest, bundle_path, out, device: str = "cpu", segment_with=None, report: bool = False,
               evaluate: bool = True, n_boot: int = 200, reporter: ProgressReporter | None = None,
-              show_bar: bool = True, ground: bool = True) -> dict:
+              show_bar: bool = True, ground: bool = True, mirroring: bool = True) -> dict:
     from ..data.manifest_cases import cases_from_manifest
     from .analyze import analyze_case
     from .bundle import load_bundle
@@ -148,7 +148,7 @@ def run_batch(manifest, bundle_path, out, device: str = "cpu", segment_with=None
                 if segmenter is None:
                     from ..segmentation import SegmentationModel
 
-                    segmenter = SegmentationModel(segment_with, device=device, verbose=False)
+                    segmenter = SegmentationModel(segment_with, device=device, mirroring=mirroring, verbose=False)
                 kwargs["segment_with"], kwargs["segmenter"] = segment_with, segmenter
             elif not kwargs:
                 raise RenalCLIPError(manifest, f"case {i + 1}: no lesion centre, label map or --segment-with model")

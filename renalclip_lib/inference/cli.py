@@ -67,7 +67,8 @@ def cmd_analyze(args) -> int:
     a = analyze_case(phases, bundle, center_lps=args.center_lps, center_ras=args.center_ras,
                      segmentation=args.segmentation, segment_with=args.segment_with, report=args.report,
                      panel=args.panel, greedy=args.greedy, reporter=rep,
-                     number_safe=True if args.number_safe else None, ground=not args.raw_report)
+                     number_safe=True if args.number_safe else None, ground=not args.raw_report,
+                     mirroring=not args.no_mirroring)
     a.timings["bundle_load"] = round(bundle.load_seconds, 4)
     a.write(out)
     payload = {"assessment": str(out), "summary": a.summary(), "summary_line": a.summary_line(),
@@ -97,7 +98,7 @@ def cmd_batch(args) -> int:
     rep = _reporter(args)
     result = run_batch(args.manifest, args.bundle, args.out, device=args.device, segment_with=args.segment_with,
                        report=args.report, evaluate=not args.no_evaluate, n_boot=args.bootstrap, reporter=rep,
-                       ground=not args.raw_report,
+                       ground=not args.raw_report, mirroring=not args.no_mirroring,
                        show_bar=not args.quiet)
     rep.print_result(result)
     return EXIT_OK
@@ -167,6 +168,8 @@ def add_inference_parsers(sub) -> None:
     g.add_argument("--segmentation", help="label map (1 kidney, 2 tumour, 3 cyst): centre of the largest lesion "
                                           "unless a centre is given; the mass is measured")
     g.add_argument("--segment-with", metavar="NNUNET_DIR", help="nnU-Net model folder: segment, then centre and measure")
+    a.add_argument("--no-mirroring", action="store_true",
+                   help="with --segment-with: skip nnU-Net's test-time mirroring (about 8x faster in 3D)")
     a.add_argument("--bundle", required=True, help="model bundle folder (renalclip bundle)")
     a.add_argument("--out", required=True, help="assessment.json to write")
     a.add_argument("--report", action="store_true", help="also generate the radiology report")
@@ -205,6 +208,8 @@ def add_inference_parsers(sub) -> None:
     t.add_argument("--out", required=True)
     t.add_argument("--segment-with", metavar="NNUNET_DIR",
                    help="nnU-Net model for cases without a label map: centre (unless given) and measurement")
+    t.add_argument("--no-mirroring", action="store_true",
+                   help="with --segment-with: skip nnU-Net's test-time mirroring (about 8x faster in 3D)")
     t.add_argument("--report", action="store_true")
     t.add_argument("--raw-report", action="store_true",
                    help="keep the generated side and size even where the segmentation measures others")
