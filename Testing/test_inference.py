@@ -236,7 +236,7 @@ def test_batch_with_a_bundle_without_survival_still_evaluates(world, tmp_path):
                  "--bootstrap", "20", "--quiet"]) == 0
     preds = list(csv.DictReader(open(out / "predictions.csv", encoding="utf-8")))
     assert "risk" not in preds[0] and "rfs_time" not in preds[0] and "malignancy_prob" in preds[0]
-    metrics = json.loads((out / "evaluation" / "metrics.json").read_text())
+    metrics = json.loads((out / "evaluation" / "metrics.json").read_text(encoding="utf-8"))
     assert "malignancy" in json.dumps(metrics) and "rfs" not in json.dumps(metrics)
 
 
