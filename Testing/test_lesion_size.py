@@ -9,7 +9,7 @@ from renalclip_lib.extraction import extract_answers
 from renalclip_lib.extraction.grounding import ground_report
 from renalclip_lib.io import Volume
 from renalclip_lib.phantom.case import generate_patient
-from renalclip_lib.preprocess.lesion_size import LesionSize, measure_lesion
+from renalclip_lib.preprocess.lesion_size import LesionSize, NoMassAtCentreError, measure_lesion
 from renalclip_lib.questionnaire import size_class
 
 
@@ -62,6 +62,10 @@ def test_the_mass_at_the_centre_is_measured_not_the_largest(geo):
     assert small.side == "right" and small.diameters_mm[0] == pytest.approx(16.0, abs=5.0)
     near = measure_lesion(labels, center_lps=(-40.0, 0.0, 20.0))     # outside both: the nearest one
     assert near.diameters_mm == small.diameters_mm
+    # 15 mm from the small mass's centre, 7 mm from its surface: within a 10 mm tolerance
+    assert measure_lesion(labels, (-40.0, 0.0, 20.0), max_distance_mm=10.0).diameters_mm == small.diameters_mm
+    with pytest.raises(NoMassAtCentreError, match="tumor lies (3[5-9]|4[0-2]) mm from the centre"):
+        measure_lesion(labels, center_lps=(-55.0, 0.0, -25.0), max_distance_mm=15.0)   # 37 mm below it (40 on 5 mm slices)
     with pytest.raises(EmptySegmentationError):
         measure_lesion(labels.with_array(np.minimum(labels.array, 1)))
 
@@ -125,3 +129,14 @@ def test_findings_and_impression_in_different_kidneys_take_the_measured_side():
     impression_wrong = text.replace("right kidney", "left kidney").replace("Left upper", "Right upper")
     grounded, changes = ground_report(impression_wrong, MEASURED)
     assert extract_answers(grounded)["side"] == "left" and changes[0] == "impression side: right -> left"
+
+
+def test_analysis_does_not_measure_a_mass_far_from_the_centre(geo):
+    from renalclip_lib.inference.analyze import _measure
+
+    masses = [((-55.0, 0.0, 20.0), (8.0, 8.0, 8.0), np.eye(3))]
+    labels = _labels(geo, (130, 80, 30), (1.6, 1.6, 5.0), np.eye(3), masses, KIDNEYS)
+    warnings = []
+    assert _measure(labels, np.array([55.0, 0.0, 0.0]), warnings) is None     # clicked in the other kidney
+    assert len(warnings) == 1 and "no segmented mass at the centre" in warnings[0]
+    assert _measure(labels, np.array([-55.0, 0.0, 20.0]), warnings).side == "right"

@@ -31,6 +31,7 @@ from .assessment import DISCLAIMER_SYNTHETIC, Assessment
 from .bundle import BINARY_TASKS, Bundle
 
 CENTER_KIDNEY_TOLERANCE_MM = 15.0
+MASS_CENTER_TOLERANCE_MM = 15.0
 PLAUSIBLE_HU = (-1100.0, 3500.0)
 MIN_SOFT_TISSUE_HU = 20.0
 
@@ -375,10 +376,13 @@ def analyze_case(phases: Mapping, bundle: Bundle, center_lps=None, center_ras=No
 
 
 def _measure(labels: Volume, center: np.ndarray, warnings: list):
-    from ..preprocess.lesion_size import measure_lesion
+    from ..preprocess.lesion_size import NoMassAtCentreError, measure_lesion
 
     try:
-        return measure_lesion(labels, center)
+        return measure_lesion(labels, center, max_distance_mm=MASS_CENTER_TOLERANCE_MM)
+    except NoMassAtCentreError as exc:
+        warnings.append(f"no segmented mass at the centre ({exc.problem}): no measurement, the report is not checked")
+        return None
     except EmptySegmentationError:
         warnings.append("the segmentation holds no tumour or cyst: no measurement, the report is not checked")
         return None

@@ -2,7 +2,9 @@
 
 The mass is the connected tumour (label 2), else cyst (label 3), component that holds the given
 centre, else the one nearest to it, else (no centre) the largest, as ``center.lesion_center``
-picks it. Its diameters follow the cohort's reference measurement (and R.E.N.A.L.'s R, "maximal
+picks it. With ``max_distance_mm``, a nearest mass farther than that from the centre is not taken
+(``NoMassAtCentreError``): an automatic segmentation that missed the clicked mass must not lend
+the report another one's side and size. Its diameters follow the cohort's reference measurement (and R.E.N.A.L.'s R, "maximal
 diameter in any plane"):
 
 - the largest diameter is the Feret diameter: the longest distance between the centres of two
@@ -32,6 +34,10 @@ from ..io import Volume
 from ..questionnaire import size_class
 
 _STRUCTURE_26 = np.ones((3, 3, 3), bool)
+
+
+class NoMassAtCentreError(EmptySegmentationError):
+    """The label map's nearest tumour or cyst lies too far from the given centre to be that mass."""
 
 
 @dataclass(frozen=True)
@@ -65,7 +71,7 @@ def _components(mask: np.ndarray):
     return label(mask, structure=_STRUCTURE_26)
 
 
-def _lesion_component(labels: Volume, center_lps) -> tuple[np.ndarray, int]:
+def _lesion_component(labels: Volume, center_lps, max_distance_mm=None) -> tuple[np.ndarray, int]:
     arr = labels.array
     for lab in LESION_LABEL_PRIORITY:
         comps, n = _components(arr == lab)
@@ -80,7 +86,11 @@ def _lesion_component(labels: Volume, center_lps) -> tuple[np.ndarray, int]:
             return comps == comps[k, j, i], lab
         zyx = np.argwhere(comps > 0)
         pts = labels.index_to_physical(zyx[:, ::-1].astype(float))
-        nearest = int(np.argmin(np.linalg.norm(pts - np.asarray(center_lps, float), axis=1)))
+        dist = np.linalg.norm(pts - np.asarray(center_lps, float), axis=1)
+        nearest = int(np.argmin(dist))
+        if max_distance_mm is not None and dist[nearest] > max_distance_mm:
+            raise NoMassAtCentreError(labels.source, f"the nearest {LABEL_NAMES[lab]} lies {dist[nearest]:.0f} mm "
+                                                     f"from the centre (more than {max_distance_mm:.0f} mm)")
         return comps == comps[tuple(zyx[nearest])], lab
     names = " or ".join(f"{LABEL_NAMES[l]} ({l})" for l in LESION_LABEL_PRIORITY)
     raise EmptySegmentationError(labels.source, f"segmentation holds no {names} voxel")
@@ -122,11 +132,11 @@ def _side(labels: Volume, lesion_pts: np.ndarray) -> str:
     return min(centers, key=lambda s: float(np.linalg.norm(centers[s] - c)))
 
 
-def measure_lesion(labels: Volume, center_lps=None) -> LesionSize:
+def measure_lesion(labels: Volume, center_lps=None, max_distance_mm: float | None = None) -> LesionSize:
     """Side, diameters and volume of the mass at ``center_lps`` (see the module docstring)."""
     from scipy.ndimage import binary_erosion
 
-    comp, lab = _lesion_component(labels, center_lps)
+    comp, lab = _lesion_component(labels, center_lps, max_distance_mm)
     surface = comp & ~binary_erosion(comp, structure=_STRUCTURE_26)
     surf_pts = labels.index_to_physical(np.argwhere(surface)[:, ::-1].astype(float))
     all_pts = labels.index_to_physical(np.argwhere(comp)[:, ::-1].astype(float))
