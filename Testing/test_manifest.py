@@ -116,3 +116,27 @@ def test_skip_mode_reports_and_skips_bad_rows(tiny):
 def test_missing_manifest_file(tmp_path):
     with pytest.raises(ManifestError, match="not found"):
         read_manifest(tmp_path / "nope.csv")
+
+
+def test_merged_manifest_keeps_every_row_with_paths_from_its_new_folder(tiny):
+    """``renalclip merge-manifests``: two sites' manifests in different folders become one whose
+    paths resolve to the same files; the same patient's phase in both is one error naming both files,
+    and nothing is written."""
+    from renalclip_lib.cli import main
+
+    d, good = tiny
+    (d / "site2").mkdir()
+    (d / "site2" / "c.nii.gz").write_bytes(b"x")
+    a = _write(d / "a.csv", [good])
+    b = _write(d / "site2" / "b.csv", [dict(good, patient_id="q1", image_path="c.nii.gz", renal_R="2")])
+    out = d / "merged" / "manifest.csv"
+    assert main(["merge-manifests", str(a), str(b), "--out", str(out)]) == 0
+    rows = read_manifest(out)
+    assert [r.patient_id for r in rows] == ["p1", "q1"]
+    assert [r.image_path.resolve() for r in rows] == [(d / "img" / "a.nii.gz").resolve(), (d / "site2" / "c.nii.gz").resolve()]
+    assert [r["renal_R"] for r in rows] == [1, 2]
+    with pytest.raises(ManifestError, match=r"patient p1 phase A is also in .*a\.csv"):
+        from renalclip_lib.data.manifest import merge_manifests
+        merge_manifests([a, _write(d / "dup.csv", [good])], d / "never" / "manifest.csv")
+    assert not (d / "never" / "manifest.csv").exists()
+    assert main(["merge-manifests", str(a), str(a), "--out", str(d / "again.csv")]) == 2

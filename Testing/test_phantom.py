@@ -257,6 +257,26 @@ def test_held_out_pool_continues_the_cohort_with_its_external_patients_only(tmp_
         <= {f"case_{i:05d}" for i in range(2, 6)}
 
 
+def test_pretraining_pool_writes_only_the_pretraining_patients_of_the_seed(tmp_path):
+    """``renalclip phantom --pretrain-only``: only the pre-training patients of those indices, and
+    --test-only with it is one clear error."""
+    from renalclip_lib.cli import main
+    from renalclip_lib.phantom.cohorts import DEFAULT_MIX, cohort_index, resolve_cohorts, split_for_patient
+
+    specs, shares = resolve_cohorts(None)
+    expected = [f"case_{i:05d}" for i in range(0, 8)
+                if split_for_patient(specs[cohort_index(i, 5, shares)], i, 5) == "pretrain"]
+    assert expected and len(expected) < 8 and DEFAULT_MIX["pretrain"] < 1
+    out = tmp_path / "pre"
+    assert main(["phantom", "--out", str(out), "--patients", "8", "--seed", "5", "--matrix", "48",
+                 "--pretrain-only", "--quiet"]) == 0
+    rows = (out / "manifest.csv").read_text(encoding="utf-8").splitlines()[1:]
+    assert sorted({r.split(",")[0] for r in rows}) == expected
+    assert main(["phantom", "--out", str(tmp_path / "both"), "--patients", "2", "--matrix", "48",
+                 "--pretrain-only", "--test-only", "--quiet"]) != 0
+    assert not (tmp_path / "both").exists()
+
+
 @pytest.fixture(scope="module")
 def many():
     return [simulate_case(patient_seed(1, i), "pretrain") for i in range(150)]

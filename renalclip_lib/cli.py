@@ -37,12 +37,19 @@ def cmd_roi(args) -> int:
     return EXIT_OK
 
 
+def _phantom_splits(args):
+    """The splits ``renalclip phantom`` writes: all, or only the test or pre-training patients."""
+    if args.test_only and args.pretrain_only:
+        raise RenalCLIPError(args.out, "--test-only and --pretrain-only exclude each other")
+    return ("test",) if args.test_only else ("pretrain",) if args.pretrain_only else None
+
+
 def cmd_phantom(args) -> int:
     from .phantom import write_cohort
 
     manifest = write_cohort(args.out, n_patients=args.patients, seed=args.seed, matrix=args.matrix,
                             progress=_progress_printer(args.quiet), first=args.first,
-                            splits=("test",) if args.test_only else None)
+                            splits=_phantom_splits(args))
     print(json.dumps({"manifest": str(manifest)}))
     return EXIT_OK
 
@@ -91,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     ph.add_argument("--first", type=int, default=0, help="index of the first patient (skip those an existing cohort of this seed has)")
     ph.add_argument("--test-only", action="store_true",
                     help="write only the external (test-split) patients: a held-out pool for a cohort of the same seed")
+    ph.add_argument("--pretrain-only", action="store_true",
+                    help="write only the pre-training patients: more report-labelled pre-training data for a cohort "
+                         "of the same seed (the paper pre-trains on 17 times its internal training cohort)")
     ph.add_argument("--quiet", action="store_true")
     ph.set_defaults(func=cmd_phantom)
 

@@ -293,3 +293,22 @@ def write_manifest(rows, path) -> Path:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def merge_manifests(paths, out) -> Path:
+    """One manifest of several (e.g. two sites, or a cohort and an extra pre-training pool): every
+    row validated, paths rewritten relative to ``out``'s folder. A patient's phase given by two
+    manifests is one ``ManifestError`` naming both files; nothing is written then.
+
+    Usage: ``merge_manifests(["cohort/manifest.csv", "more_pretrain/manifest.csv"], "all/manifest.csv")``
+    """
+    rows, seen = [], {}
+    for path in paths:
+        for r in read_manifest(path):
+            key = (r.patient_id, r.phase)
+            if key in seen:
+                raise ManifestError(str(path), f"patient {r.patient_id} phase {r.phase} is also in {seen[key]}")
+            seen[key] = str(path)
+            rows.append(r)
+    return write_manifest(rows, out)
+

@@ -55,6 +55,14 @@ def cmd_preprocess(args) -> int:
     return 0
 
 
+def cmd_merge_manifests(args) -> int:
+    from ..data.manifest import merge_manifests
+
+    out = merge_manifests(args.manifests, args.out)
+    print(json.dumps({"manifest": str(out)}))
+    return 0
+
+
 def cmd_train(args) -> int:
     from ..atomic import jsonable
     from ..config import load_config
@@ -126,6 +134,11 @@ def add_parsers(sub) -> None:
                    help="a manifest row or image that fails to load: stop (default) or report and skip it")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_preprocess)
+
+    m = sub.add_parser("merge-manifests", help="join manifests into one (paths rewritten; a patient's phase twice is an error)")
+    m.add_argument("manifests", nargs="+")
+    m.add_argument("--out", required=True, help="the merged manifest CSV")
+    m.set_defaults(func=cmd_merge_manifests)
 
     t = sub.add_parser("train", help="run an image training stage from a YAML config")
     t.add_argument("stage", choices=("all",) + IMAGE_STAGES + TEXT_STAGES + REPORT_STAGES,
