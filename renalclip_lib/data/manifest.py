@@ -311,4 +311,3 @@ def merge_manifests(paths, out) -> Path:
             seen[key] = str(path)
             rows.append(r)
     return write_manifest(rows, out)
-
