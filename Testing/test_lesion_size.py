@@ -68,6 +68,19 @@ def test_the_mass_at_the_centre_is_measured_not_the_largest(geo):
         measure_lesion(labels, center_lps=(-55.0, 0.0, -25.0), max_distance_mm=15.0)   # 37 mm below it (40 on 5 mm slices)
     with pytest.raises(EmptySegmentationError):
         measure_lesion(labels.with_array(np.minimum(labels.array, 1)))
+    # The clicked mass is a cyst (label 3) and the only tumour lies far away: the cyst is measured.
+    arr = labels.array.copy()
+    small_mask = np.zeros_like(arr, bool)
+    zyx = np.argwhere(arr == 2)
+    pts = labels.index_to_physical(zyx[:, ::-1].astype(float))
+    near_small = np.linalg.norm(pts - np.array([-55.0, 0.0, 20.0]), axis=1) < 12.0
+    small_mask[tuple(zyx[near_small].T)] = True
+    arr[small_mask] = 3
+    with_cyst = labels.with_array(arr)
+    m = measure_lesion(with_cyst, center_lps=(-55.0, 0.0, 20.0), max_distance_mm=15.0)
+    assert m.label == 3 and m.side == "right" and m.diameters_mm == small.diameters_mm
+    with pytest.raises(NoMassAtCentreError, match="tumor lies"):
+        measure_lesion(with_cyst, center_lps=(-55.0, 0.0, -25.0), max_distance_mm=15.0)
 
 
 def test_the_phantoms_masses_measure_as_the_cohort_drew_them():

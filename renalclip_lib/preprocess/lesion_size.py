@@ -3,7 +3,7 @@
 The mass is the connected tumour (label 2), else cyst (label 3), component that holds the given
 centre, else the one nearest to it, else (no centre) the largest, as ``center.lesion_center``
 picks it. With ``max_distance_mm``, a nearest mass farther than that from the centre is not taken
-(``NoMassAtCentreError``): an automatic segmentation that missed the clicked mass must not lend
+(a cyst at the centre is, when the nearest tumour is too far; none near: ``NoMassAtCentreError``): an automatic segmentation that missed the clicked mass must not lend
 the report another one's side and size. Its diameters follow the cohort's reference measurement (and R.E.N.A.L.'s R, "maximal
 diameter in any plane"):
 
@@ -73,6 +73,7 @@ def _components(mask: np.ndarray):
 
 def _lesion_component(labels: Volume, center_lps, max_distance_mm=None) -> tuple[np.ndarray, int]:
     arr = labels.array
+    too_far = None
     for lab in LESION_LABEL_PRIORITY:
         comps, n = _components(arr == lab)
         if n == 0:
@@ -89,9 +90,12 @@ def _lesion_component(labels: Volume, center_lps, max_distance_mm=None) -> tuple
         dist = np.linalg.norm(pts - np.asarray(center_lps, float), axis=1)
         nearest = int(np.argmin(dist))
         if max_distance_mm is not None and dist[nearest] > max_distance_mm:
-            raise NoMassAtCentreError(labels.source, f"the nearest {LABEL_NAMES[lab]} lies {dist[nearest]:.0f} mm "
-                                                     f"from the centre (more than {max_distance_mm:.0f} mm)")
+            too_far = too_far or f"the nearest {LABEL_NAMES[lab]} lies {dist[nearest]:.0f} mm from the centre " \
+                                 f"(more than {max_distance_mm:.0f} mm)"
+            continue
         return comps == comps[tuple(zyx[nearest])], lab
+    if too_far:
+        raise NoMassAtCentreError(labels.source, too_far)
     names = " or ".join(f"{LABEL_NAMES[l]} ({l})" for l in LESION_LABEL_PRIORITY)
     raise EmptySegmentationError(labels.source, f"segmentation holds no {names} voxel")
 
