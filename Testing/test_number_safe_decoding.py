@@ -151,6 +151,7 @@ def test_a_bundle_can_carry_number_safe_decoding(tok, tmp_path):
     ReportGenerator(llm, tok, encoder.feature_dim, n_image_tokens=2).save(tmp_path / "gen")
     for flag, want in ((None, False), (True, True)):
         out = build_bundle(tmp_path / f"b{want}", report=tmp_path / "gen", report_encoder=tmp_path / "enc.pt",
-                           number_safe=flag)
-        assert load_bundle(out).load_report_generator().decoding.number_safe is want
+                           number_safe=flag, require_measurement=flag)
+        decoding = load_bundle(out).load_report_generator().decoding
+        assert decoding.number_safe is want and decoding.require_measurement is want
     assert ReportGenerator.load(tmp_path / "gen").decoding.number_safe is False     # the source is untouched

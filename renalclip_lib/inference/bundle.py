@@ -148,18 +148,19 @@ def _copy(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
-def _set_number_safe(report_dir: Path, on: bool) -> None:
+def _set_decoding(report_dir: Path, **options: bool) -> None:
     from ..models.report_generator import CONFIG_FILE, FORMAT
 
     path = report_dir / CONFIG_FILE
     cfg = read_format_file(path, InvalidBundleError, FORMAT, "version", 1)
-    cfg.setdefault("decoding", {})["number_safe"] = on
+    cfg.setdefault("decoding", {}).update(options)
     atomic_write_json(path, cfg)
 
 
 def build_bundle(out, run_dir=None, init: str | None = None, encoder=None, heads=None, survival=None,
                  clip=None, zeroshot=None, report=None, report_encoder=None, synthetic: bool | None = None,
-                 internal_cohorts=None, number_safe: bool | None = None, fuse_phases: bool | None = None) -> Path:
+                 internal_cohorts=None, number_safe: bool | None = None, fuse_phases: bool | None = None,
+                 require_measurement: bool | None = None) -> Path:
     """Assemble a bundle folder atomically (built beside ``out``, then renamed into place).
 
     From a run folder, components are found at their stage paths (``finetune/<init>/best.pt``,
@@ -167,7 +168,8 @@ def build_bundle(out, run_dir=None, init: str | None = None, encoder=None, heads
     ``report/model`` and the encoder its features came from); explicit paths override them. ``encoder`` (e.g. the authors' contrastive
     file) + ``heads`` (a checkpoint whose classifier heads fit that encoder) makes a tasks model
     from the published encoder and our heads. ``number_safe`` True/False sets the report generator's
-    decoding (``DecodingOptions.number_safe``) in the bundle's copy; None keeps the generator's own.
+    decoding (``DecodingOptions.number_safe``) in the bundle's copy; None keeps the generator's own;
+    ``require_measurement`` likewise (``DecodingOptions.require_measurement``).
     ``fuse_phases`` True makes ``analyze`` embed every given phase for zero-shot and average
     (``clip.fuse_phases``); None takes the run's ``clip/zeroshot.json``, else False.
     """
@@ -249,8 +251,10 @@ def build_bundle(out, run_dir=None, init: str | None = None, encoder=None, heads
             info["components"]["zeroshot"] = {"file": "zeroshot.npz", "fuse_phases": bool(fuse_phases)}
         if report is not None:
             _copy(Path(report), tmp / "report")
-            if number_safe is not None:
-                _set_number_safe(tmp / "report", bool(number_safe))
+            options = {k: bool(v) for k, v in (("number_safe", number_safe),
+                                                ("require_measurement", require_measurement)) if v is not None}
+            if options:
+                _set_decoding(tmp / "report", **options)
             save_image_model(tmp / "report_encoder.pt", load_checkpoint(report_encoder).encoder,
                              meta={"source": Path(report_encoder).name})
             info["components"]["report"] = {"folder": "report", "encoder": "report_encoder.pt"}

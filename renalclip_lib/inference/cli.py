@@ -85,6 +85,7 @@ def cmd_bundle(args) -> int:
     out = build_bundle(args.out, run_dir=args.from_run, init=args.init, encoder=args.encoder, heads=args.heads,
                        survival=args.survival, clip=args.clip, zeroshot=args.zeroshot, report=args.report,
                        report_encoder=args.report_encoder, number_safe=True if args.number_safe else None,
+                       require_measurement=True if args.require_measurement else None,
                        fuse_phases=True if args.fuse_phases else None, synthetic=True if args.synthetic else None)
     manifest = json.loads((out / "bundle.json").read_text(encoding="utf-8"))
     print(json.dumps({"bundle": str(out), "components": sorted(manifest["components"]),
@@ -197,6 +198,8 @@ def add_inference_parsers(sub) -> None:
     b.add_argument("--report-encoder", help="checkpoint of the image encoder the report generator was trained on")
     b.add_argument("--number-safe", action="store_true",
                    help="the report generator decodes with digits exempt from the 3-gram block and penalty")
+    b.add_argument("--require-measurement", action="store_true",
+                   help="the report generator's beam search keeps only reports that state a size in cm")
     b.add_argument("--fuse-phases", action="store_true",
                    help="zero-shot averages the embeddings of every given phase (default: as the run's clip.fuse_phases)")
     b.add_argument("--synthetic", action="store_true", help="mark the bundle as trained on synthetic data")

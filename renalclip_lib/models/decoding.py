@@ -2,8 +2,13 @@
 
 ``number_safe`` (not in the release, off by default) exempts digits from the 3-gram block and the
 repetition penalty, which otherwise rewrite measurements (see ``number_safe_decoding``).
+``require_measurement`` (not in the release, off by default) makes beam search keep only reports
+that state a measurement in centimetres (constrained beam search forcing the "cm" token): a report
+of a renal mass without its size is incomplete, and a generator trained on reports that sometimes
+omit it otherwise leaves it out wherever that continuation scores higher. Greedy decoding ignores it.
 
-Usage: ``DecodingOptions(num_beams=1)`` for greedy search; ``DecodingOptions(number_safe=True)``.
+Usage: ``DecodingOptions(num_beams=1)`` for greedy search; ``DecodingOptions(number_safe=True)``;
+``DecodingOptions(require_measurement=True)``.
 """
 from __future__ import annotations
 
@@ -17,3 +22,4 @@ class DecodingOptions:
     no_repeat_ngram_size: int = 3
     max_new_tokens: int = 256
     number_safe: bool = False
+    require_measurement: bool = False

@@ -130,6 +130,16 @@ def fold_standardisation(projector: nn.Linear, mean, std) -> None:
     w.copy_(w64.to(w.dtype))
 
 
+def measurement_unit_ids(tokenizer) -> list[int]:
+    """Token ids of " cm" as the tokenizer writes it after a number ("1 cm" minus "1"): Mistral's
+    ``▁cm``, Llama-3's `` cm``."""
+    with_unit = tokenizer("1 cm", add_special_tokens=False)["input_ids"]
+    number = tokenizer("1", add_special_tokens=False)["input_ids"]
+    if with_unit[:len(number)] != number or len(with_unit) == len(number):
+        raise RenalCLIPError(None, f"the tokenizer does not write '1 cm' as '1' and a unit: {with_unit} / {number}")
+    return with_unit[len(number):]
+
+
 class ReportGenerator(nn.Module):
     """Projector + causal LLM (+ optional LoRA). ``forward(features, reports)`` is the report-token loss."""
 
@@ -265,6 +275,8 @@ class ReportGenerator(nn.Module):
 
                 constraints = {"repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "logits_processor":
                                number_safe_processors(self.tokenizer, d.no_repeat_ngram_size, d.repetition_penalty)}
+            if d.require_measurement and not greedy and d.num_beams > 1:
+                constraints["force_words_ids"] = [[measurement_unit_ids(self.tokenizer)]]
             out = self.llm.generate(
                 inputs_embeds=inputs["inputs_embeds"], attention_mask=inputs["attention_mask"],
                 max_new_tokens=int(max_new_tokens or d.max_new_tokens), do_sample=False,
