@@ -102,3 +102,30 @@ def geo() -> SimpleNamespace:
     return SimpleNamespace(rot=rot, grid_points=grid_points, volume=volume, ball=ball, ramp=ramp,
                            centroid=centroid, roi_points=roi_points, lps_to_index=lps_to_index,
                            ROI_CENTRE_ZYX=ROI_CENTRE_ZYX, ROI_SHAPE_ZYX=ROI_SHAPE_ZYX)
+
+
+@pytest.fixture(scope="session")
+def memorise():
+    """``memorise(tokenizer, reports, steps) -> (generator, last loss)``: a tiny ReportGenerator
+    (one-layer Mistral, 4-d features, 2 image tokens) trained to write ``reports`` from zero
+    features, one sample per report, so a report listed twice is twice as likely. For the decoding
+    tests, whose expectation is the memorised text itself."""
+    def fit(tok, reports, steps):
+        import torch
+
+        from renalclip_lib.models.report_generator import ReportGenerator
+        from renalclip_lib.models.tiny_mistral import build_mistral, tiny_mistral_config
+
+        torch.manual_seed(0)
+        llm = build_mistral(tiny_mistral_config(hidden_size=48, num_layers=1, num_heads=2, num_kv_heads=1,
+                                                intermediate_size=96), seed=0)
+        gen = ReportGenerator(llm, tok, 4, n_image_tokens=2, max_report_tokens=64)
+        feats = torch.zeros(len(reports), 4)
+        opt = torch.optim.AdamW(gen.parameters(), lr=1e-2)
+        for _ in range(steps):
+            opt.zero_grad()
+            loss = gen(feats, list(reports))
+            loss.backward()
+            opt.step()
+        return gen, loss.item()
+    return fit

@@ -13,7 +13,6 @@ pytest.importorskip("transformers")
 
 from renalclip_lib.models.decoding import DecodingOptions  # noqa: E402
 from renalclip_lib.models.report_generator import ReportGenerator, measurement_unit_ids  # noqa: E402
-from renalclip_lib.models.tiny_mistral import build_mistral, tiny_mistral_config  # noqa: E402
 from renalclip_lib.models.tokenizers import mistral_tokenizer  # noqa: E402
 
 NO_SIZE = "Findings: A solid mass is seen in the left kidney.\nImpression: Left renal mass, likely malignant."
@@ -31,18 +30,8 @@ def test_the_unit_is_the_mistral_cm_token(tok):
 
 
 @pytest.fixture(scope="module")
-def trained(tok):
-    torch.manual_seed(0)
-    llm = build_mistral(tiny_mistral_config(hidden_size=48, num_layers=1, num_heads=2, num_kv_heads=1,
-                                            intermediate_size=96), seed=0)
-    gen = ReportGenerator(llm, tok, 4, n_image_tokens=2, max_report_tokens=64)
-    feats = torch.zeros(3, 4)
-    opt = torch.optim.AdamW(gen.parameters(), lr=1e-2)
-    for _ in range(150):
-        opt.zero_grad()
-        gen(feats, [NO_SIZE, NO_SIZE, WITH_SIZE]).backward()
-        opt.step()
-    return gen
+def trained(tok, memorise):
+    return memorise(tok, [NO_SIZE, NO_SIZE, WITH_SIZE], 150)[0]
 
 
 def _decode(gen, greedy=False, **options):
