@@ -1,7 +1,9 @@
 """Report generation speed: generated tokens per second of the LLaVA-style generator.
 
 - CPU: the demo's tiny Mistral (hidden 128, 2 layers, real 32k vocabulary), greedy and 4-beam
-  decoding (repetition penalty 1.2, no repeated 3-gram, as released), batch 1 and 8;
+  decoding (repetition penalty 1.2, no repeated 3-gram, as released), batch 1 and 8, and 4-beam
+  decoding with ``require_measurement`` (constrained beam search, the "cm" token forced) as a ratio
+  to plain 4-beam decoding;
 - CUDA (when available): a Mistral-7B-shaped model (BioMistral's shape: 32 layers, 4096 / 14336,
   vocab 32000) with random weights built from a config (no download), bf16, the same decoding.
 Every run generates exactly ``--tokens`` new tokens (end-of-sequence suppressed), so tokens/s is
@@ -20,22 +22,24 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import describe_machine, median_seconds  # noqa: E402
 
-from renalclip_lib.models.report_generator import ReportGenerator  # noqa: E402
+from renalclip_lib.models.report_generator import ReportGenerator, measurement_unit_ids  # noqa: E402
 from renalclip_lib.models.tiny_mistral import build_mistral, mistral_7b_config, tiny_mistral_config  # noqa: E402
 from renalclip_lib.models.tokenizers import mistral_tokenizer  # noqa: E402
 
 
-def tokens_per_second(gen: ReportGenerator, batch: int, beams: int, tokens: int, repeats: int) -> float:
+def tokens_per_second(gen: ReportGenerator, batch: int, beams: int, tokens: int, repeats: int,
+                      require_measurement: bool = False) -> float:
     feats = torch.randn(batch, gen.feature_dim, device=gen.device)
     inputs = gen.build_inputs(feats)
     d = gen.decoding
+    forced = {"force_words_ids": [[measurement_unit_ids(gen.tokenizer)]]} if require_measurement else {}
 
     def run():
         with torch.no_grad():
             out = gen.llm.generate(**inputs, max_new_tokens=tokens, min_new_tokens=tokens, num_beams=beams,
                                    do_sample=False, repetition_penalty=d.repetition_penalty,
                                    no_repeat_ngram_size=d.no_repeat_ngram_size, pad_token_id=gen.tokenizer.pad_token_id,
-                                   eos_token_id=gen.tokenizer.eos_token_id)
+                                   eos_token_id=gen.tokenizer.eos_token_id, **forced)
         assert out.shape == (batch, tokens)
         if gen.device.type == "cuda":
             torch.cuda.synchronize()
@@ -59,6 +63,10 @@ def main() -> None:
     for batch, beams in ((1, 1), (1, 4), (8, 1), (8, 4)):
         tps = tokens_per_second(gen, batch, beams, args.tokens, args.repeats)
         print(f"  batch {batch}, {'greedy' if beams == 1 else f'{beams} beams'}: {tps:8.1f} tokens/s")
+        if beams > 1:
+            forced = tokens_per_second(gen, batch, beams, args.tokens, args.repeats, require_measurement=True)
+            print(f"  batch {batch}, {beams} beams, require_measurement: {forced:8.1f} tokens/s "
+                  f"({forced / tps:.2f} x plain)")
     if args.no_gpu or not torch.cuda.is_available():
         print("CUDA not available: 7B-shape benchmark skipped")
         return
