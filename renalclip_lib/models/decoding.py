@@ -4,8 +4,9 @@
 repetition penalty, which otherwise rewrite measurements (see ``number_safe_decoding``).
 ``require_measurement`` (not in the release, off by default) makes beam search keep only reports
 that state a measurement in centimetres (constrained beam search forcing the "cm" token): a report
-of a renal mass without its size is incomplete, and a generator trained on reports that sometimes
-omit it otherwise leaves it out wherever that continuation scores higher. Greedy decoding ignores it.
+of a renal mass without its size is incomplete, and beam search, which keeps the most probable whole
+text, otherwise often leaves it out even when nearly every training report states it (a particular
+diameter is improbable digit by digit). Greedy decoding ignores it.
 
 Usage: ``DecodingOptions(num_beams=1)`` for greedy search; ``DecodingOptions(number_safe=True)``;
 ``DecodingOptions(require_measurement=True)``.
