@@ -22,7 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import describe_machine, median_seconds  # noqa: E402
 
-from renalclip_lib.models.report_generator import ReportGenerator, measurement_unit_ids  # noqa: E402
+from renalclip_lib.models.report_generator import ReportGenerator, measurement_constraint  # noqa: E402
 from renalclip_lib.models.tiny_mistral import build_mistral, mistral_7b_config, tiny_mistral_config  # noqa: E402
 from renalclip_lib.models.tokenizers import mistral_tokenizer  # noqa: E402
 
@@ -32,7 +32,7 @@ def tokens_per_second(gen: ReportGenerator, batch: int, beams: int, tokens: int,
     feats = torch.randn(batch, gen.feature_dim, device=gen.device)
     inputs = gen.build_inputs(feats)
     d = gen.decoding
-    forced = {"force_words_ids": [[measurement_unit_ids(gen.tokenizer)]]} if require_measurement else {}
+    forced = measurement_constraint(gen.tokenizer) if require_measurement else {}
 
     def run():
         with torch.no_grad():

@@ -140,6 +140,12 @@ def measurement_unit_ids(tokenizer) -> list[int]:
     return with_unit[len(number):]
 
 
+def measurement_constraint(tokenizer) -> dict:
+    """``generate`` keyword arguments of ``DecodingOptions.require_measurement``: beam search must
+    write the unit of ``measurement_unit_ids`` somewhere in the report."""
+    return {"force_words_ids": [[measurement_unit_ids(tokenizer)]]}
+
+
 class ReportGenerator(nn.Module):
     """Projector + causal LLM (+ optional LoRA). ``forward(features, reports)`` is the report-token loss."""
 
@@ -276,7 +282,7 @@ class ReportGenerator(nn.Module):
                 constraints = {"repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "logits_processor":
                                number_safe_processors(self.tokenizer, d.no_repeat_ngram_size, d.repetition_penalty)}
             if d.require_measurement and not greedy and d.num_beams > 1:
-                constraints["force_words_ids"] = [[measurement_unit_ids(self.tokenizer)]]
+                constraints.update(measurement_constraint(self.tokenizer))
             out = self.llm.generate(
                 inputs_embeds=inputs["inputs_embeds"], attention_mask=inputs["attention_mask"],
                 max_new_tokens=int(max_new_tokens or d.max_new_tokens), do_sample=False,
