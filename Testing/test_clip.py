@@ -124,7 +124,8 @@ def test_lesion_view_reads_the_lesion_centred_roi_of_the_lesion_kidney():
     probability, the other kidney never; every ROI is filled with a value naming its cache and row."""
     from renalclip_lib.data.augment import train_augment
     from renalclip_lib.data.datasets import group_units
-    from renalclip_lib.training.clip_stage import ClipDataset, lesion_views
+    from renalclip_lib.data.datasets import lesion_views
+    from renalclip_lib.training.clip_stage import ClipDataset
 
     shape = (32, 140, 140)
     kidney = np.stack([np.full(shape, -100 + 10 * r, np.int16) for r in range(4)])

@@ -127,3 +127,44 @@ def test_the_roi_cache_on_the_device_trains_the_same_model(cohort, monkeypatch):
         assert a["patient_id"] == b["patient_id"]
         assert float(a["malignancy_prob"]) == pytest.approx(float(b["malignancy_prob"]), abs=1e-6)
         assert float(a["renal_R_prob_2"]) == pytest.approx(float(b["renal_R_prob_2"]), abs=1e-6)
+
+
+def test_attribute_lesion_view_trains_on_the_lesion_kidneys_lesion_centred_rois(cohort, monkeypatch, capsys):
+    """``attributes.lesion_view: 1``: every training read of a kidney that holds the lesion comes
+    from the lesion cache (rows past the kidney cache's), the other kidneys' and validation's never;
+    a cache without lesion ROIs is one clear error."""
+    import shutil
+
+    from renalclip_lib.data.datasets import RoiDataset
+    from renalclip_lib.data.roi_cache import open_cache
+
+    kidney_rois, kidney_index = open_cache(cohort / "cache", "kidney")
+    _, lesion_index = open_cache(cohort / "cache", "lesion")
+    lesion_kidneys = {(r["patient_id"], r["side"]) for r in lesion_index}
+    reads = []
+    item_of = RoiDataset.item_of
+
+    def record(self, unit, key, i):
+        item = item_of(self, unit, key, i)
+        if self.augment is not None:
+            rows = {int(r["row"]) for r in unit.rows.values()}
+            reads.append(((self.units[i].first["patient_id"], self.units[i].first["side"]), min(rows) >= len(kidney_rois)))
+        return item
+
+    monkeypatch.setattr(RoiDataset, "item_of", record)
+    args = ["train", "attributes", "--config", "Resources/configs/demo.yaml", "--out", str(cohort / "run_lesion_view"),
+            "--set", f"data.cache={cohort / 'cache'}", "--set", "attributes.lesion_view=1.0"] + QUICK
+    assert main(args) == 0
+    assert reads and {kidney in lesion_kidneys for kidney, _ in reads} == {True, False}
+    assert all(from_lesion == (kidney in lesion_kidneys) for kidney, from_lesion in reads)
+
+    kidney_only = cohort / "cache_kidney_only"
+    kidney_only.mkdir()
+    for name in ("done_kidney.json", "index_kidney.csv", "rois_kidney.npy"):
+        shutil.copy(cohort / "cache" / name, kidney_only / name)
+    args[args.index(f"data.cache={cohort / 'cache'}")] = f"data.cache={kidney_only}"
+    args[args.index("--out") + 1] = str(cohort / "run_no_lesion_cache")
+    capsys.readouterr()
+    assert main(args) != 0
+    err = capsys.readouterr().err
+    assert "attributes.lesion_view needs the lesion-centred ROIs" in err and str(kidney_only) in err

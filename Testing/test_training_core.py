@@ -530,6 +530,24 @@ def test_loader_over_the_cache_on_the_device_gives_the_same_batches():
     assert not isinstance(make_loader(ds, 2, True, device_cache=on_device), DeviceCacheLoader)
 
 
+def test_stacked_kidney_and_lesion_rois_go_onto_the_device_as_one_array():
+    """The kidney and lesion caches read as one (``lesion_view``) copy onto the device row for row
+    as their concatenation, and slice like it."""
+    from renalclip_lib.data.datasets import StackedRois
+    from renalclip_lib.data.device_cache import DeviceRois, device_cache
+
+    rng = np.random.default_rng(2)
+    kidney = rng.integers(-1000, 1000, (5, 32, 140, 140)).astype(np.int16)
+    lesion = rng.integers(-1000, 1000, (3, 32, 140, 140)).astype(np.int16)
+    stacked, joined = StackedRois(kidney, lesion), np.concatenate([kidney, lesion])
+    assert stacked.shape == joined.shape and stacked.nbytes == joined.nbytes
+    np.testing.assert_array_equal(stacked[3:7], joined[3:7])
+    assert stacked[8:].shape == (0, 32, 140, 140)
+    on_device = device_cache(stacked, "always", "cpu")
+    assert isinstance(on_device, DeviceRois)
+    np.testing.assert_array_equal(on_device.tensor.numpy(), joined)
+
+
 def test_one_process_and_two_see_the_same_global_batches():
     """Rank r of 2 with batch 4 loads its share of the global batch of 8 that one process loads,
     with the same (epoch, index) keys, so augmentations match too."""

@@ -8,10 +8,13 @@ Usage::
     rois, index = open_cache(cache, "lesion")
     units = group_units(index, lambda r: r["cohort"] == "internal" and r["split"] == "train")
     ds = RoiDataset(rois, units, targets, augment=TrainAugment(flip=True))
+    rois, views = with_lesion_views(cache, rois, units, "clip.lesion_view")   # kidney units may read lesion ROIs
+    ds = RoiDataset(rois, units, targets, augment=..., views=views, view_prob=0.5)
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
@@ -19,6 +22,8 @@ import torch
 from torch.utils.data import Dataset
 
 from ..constants import PHASES, REFERENCE_PHASE_ORDER
+from ..errors import MissingFileError
+from .roi_cache import open_cache
 from ..preprocess.roi import crop_hu, to_model_input, window_torch
 
 
@@ -72,10 +77,15 @@ class RoiDataset(Dataset):
     half the bytes to copy; no float work in the loader) and ``batch_images`` windows it on the
     device. With ``rows_only`` (set by ``training.common.make_loader`` for a cache held on the device,
     ``data.device_cache``) an item carries the ROI's cache ``row`` instead of ``image``.
+
+    With ``views`` (``lesion_views``), training reads a kidney's lesion-centred ROI instead of its
+    kidney-centred one with probability ``view_prob``: the framing that fine-tuning, zero-shot and
+    inference see (``attributes.lesion_view``, ``clip.lesion_view``). Evaluation never does.
     """
 
     def __init__(self, rois: np.ndarray, units: list[Unit], targets: np.ndarray, augment=None,
-                 phase: str | None = None, seed: int = 0, raw: bool = False):
+                 phase: str | None = None, seed: int = 0, raw: bool = False,
+                 views: dict[int, Unit] | None = None, view_prob: float = 0.0):
         self.rois = rois
         self.units = units
         self.targets = np.asarray(targets, np.float32).reshape(len(units), -1)
@@ -84,6 +94,7 @@ class RoiDataset(Dataset):
         self.seed = seed
         self.raw = raw
         self.rows_only = False
+        self.views, self.view_prob = views or {}, view_prob
 
     def __len__(self) -> int:
         return len(self.units)
@@ -96,7 +107,10 @@ class RoiDataset(Dataset):
 
     def __getitem__(self, key) -> dict:
         i = key[1] if isinstance(key, tuple) else key
-        return self.item_of(self.units[i], key, i)
+        unit = self.units[i]
+        if self.augment is not None and i in self.views and self.item_rng(key, stream=2).random() < self.view_prob:
+            unit = self.views[i]
+        return self.item_of(unit, key, i)
 
     def item_of(self, unit: Unit, key, i: int) -> dict:
         """Item ``i`` (``key`` as in ``item_rng``) read from ``unit``'s ROIs."""
@@ -117,6 +131,55 @@ class RoiDataset(Dataset):
                 return {**item, "row": row}
             image = torch.from_numpy(crop_hu(self.rois[row]) if self.raw else to_model_input(np.asarray(self.rois[row], np.float32)))
         return {**item, "image": image}
+
+
+class StackedRois:
+    """Two ROI arrays read as one: row ``len(first) + k`` is row ``k`` of the second. ``shape``,
+    ``nbytes`` and row slices as an array's, so ``data.device_cache`` can copy it to a GPU."""
+
+    def __init__(self, first, second):
+        self.first, self.second, self.n = first, second, len(first)
+
+    def __len__(self) -> int:
+        return self.n + len(self.second)
+
+    @property
+    def shape(self) -> tuple:
+        return (len(self),) + tuple(self.first.shape[1:])
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.first.nbytes + self.second.nbytes)
+
+    def __getitem__(self, row):
+        if isinstance(row, slice):
+            rows = range(*row.indices(len(self)))
+            parts = [np.asarray(self[r]) for r in rows]
+            return np.stack(parts) if parts else np.zeros((0,) + self.shape[1:], self.first.dtype)
+        return self.first[row] if row < self.n else self.second[row - self.n]
+
+
+def lesion_views(kidney_rois, units: list[Unit], lesion_rois, lesion_index) -> tuple[StackedRois, dict[int, Unit]]:
+    """The lesion-centred ROIs of the kidneys in ``units`` that hold the lesion, as alternative units
+    whose rows point into ``StackedRois(kidney_rois, lesion_rois)``: ``{unit position: Unit}``."""
+    n = len(kidney_rois)
+    by_kidney = {(u.first["patient_id"], u.first["side"]): u for u in group_units(lesion_index)}
+    views = {}
+    for i, u in enumerate(units):
+        lu = by_kidney.get((u.first["patient_id"], u.first["side"]))
+        if lu is not None:
+            views[i] = Unit(u.unit, {ph: {**r, "row": str(int(r["row"]) + n)} for ph, r in lu.rows.items()})
+    return StackedRois(kidney_rois, lesion_rois), views
+
+
+def with_lesion_views(cache_dir, kidney_rois, units: list[Unit], option: str) -> tuple[StackedRois, dict[int, Unit]]:
+    """``lesion_views`` over the lesion ROIs of ``cache_dir``; a clear error naming ``option`` (the
+    config key that asked for them) when that cache holds none."""
+    if not (Path(cache_dir) / "done_lesion.json").exists():
+        raise MissingFileError(str(cache_dir), f"{option} needs the lesion-centred ROIs: run "
+                                               f"'renalclip preprocess --kind both' (or set {option}: 0)")
+    lesion_rois, lesion_index = open_cache(cache_dir, "lesion")
+    return lesion_views(kidney_rois, units, lesion_rois, lesion_index)
 
 
 def batch_images(batch: dict, device) -> torch.Tensor:

@@ -5,6 +5,9 @@ Each kidney of each patient is a sample (the kidney-centred ROI); each question 
 question over its known answers ("don't know" = -1 and blanks ignored), summed over questions;
 with ``attributes.class_weighted`` each question's classes are weighted by inverse training
 frequency (``common.class_weights``), so rare answers such as fat density count as much as common ones.
+With ``attributes.lesion_view`` a lesion kidney is read, with that probability, from its
+lesion-centred ROI (``preprocess --kind both``), the framing fine-tuning sees; validation stays
+kidney-centred.
 The best epoch has the highest macro AUC over questions on the validation kidneys. No horizontal
 flip: left and right must stay what the report says.
 
@@ -17,7 +20,7 @@ import torch
 
 from ..config import TrainConfig
 from ..data.augment import train_augment
-from ..data.datasets import RoiDataset, Unit, batch_images
+from ..data.datasets import RoiDataset, Unit, batch_images, with_lesion_views
 from ..data.device_cache import device_cache
 from ..models import AttributeHead, ImageEncoder, ImageTaskModel, save_image_model
 from ..questionnaire import QUESTIONS
@@ -68,9 +71,13 @@ def run_attributes(cfg: TrainConfig, rois, train_units: list[Unit], val_units: l
                if cfg.attributes.class_weighted else None)
     task = AttributeTask(ImageTaskModel(encoder, heads), weights)
     task.meta = {"stage": "attributes", "seed": opt.seed, "width": cfg.model.width}
-    train_ds = RoiDataset(rois, train_units, y_train,
-                          augment=train_augment(cfg.attributes.flip, opt.seed, opt.augment_on, opt.augment_rotate), seed=opt.seed)
     val_ds = RoiDataset(rois, val_units, unit_targets(val_units, TARGET_COLUMNS), raw=True)
+    views = None
+    if cfg.attributes.lesion_view > 0:
+        rois, views = with_lesion_views(cfg.data.cache, rois, train_units, "attributes.lesion_view")
+    train_ds = RoiDataset(rois, train_units, y_train,
+                          augment=train_augment(cfg.attributes.flip, opt.seed, opt.augment_on, opt.augment_rotate), seed=opt.seed,
+                          views=views, view_prob=cfg.attributes.lesion_view)
     on_device = device_cache(rois, opt.device_cache, ctx.device, log)
     return fit(task, make_loader(train_ds, opt.batch_size, True, opt.num_workers, None, opt.seed, ctx.distributed, on_device),
                make_loader(val_ds, opt.batch_size, False, device_cache=on_device), out_dir, opt, ctx, log)

@@ -43,7 +43,7 @@ from ..atomic import atomic_path, atomic_write_json
 from ..config import TrainConfig
 from ..constants import PHASES
 from ..data.augment import train_augment
-from ..data.datasets import RoiDataset, Unit, batch_images, parse_label
+from ..data.datasets import RoiDataset, Unit, batch_images, parse_label, with_lesion_views
 from ..data.device_cache import device_cache
 from ..errors import ConfigError, MissingFileError
 from ..models.clip_model import ClipModel, clip_loss, save_clip_model, with_text_projection
@@ -192,55 +192,23 @@ def load_text_features(run_dir) -> dict[str, np.ndarray]:
 
 
 # ----------------------------------------------------------------------------- dataset and task
-class StackedRois:
-    """Two ROI arrays read as one: row ``len(first) + k`` is row ``k`` of the second."""
-
-    def __init__(self, first, second):
-        self.first, self.second, self.n = first, second, len(first)
-
-    def __len__(self) -> int:
-        return self.n + len(self.second)
-
-    def __getitem__(self, row: int):
-        return self.first[row] if row < self.n else self.second[row - self.n]
-
-
-def lesion_views(kidney_rois, units: list[Unit], lesion_rois, lesion_index) -> tuple[StackedRois, dict[int, Unit]]:
-    """The lesion-centred ROIs of the kidneys in ``units`` that hold the lesion, as alternative units
-    whose rows point into ``StackedRois(kidney_rois, lesion_rois)``: ``{unit position: Unit}``."""
-    from ..data.datasets import group_units
-
-    n = len(kidney_rois)
-    by_kidney = {(u.first["patient_id"], u.first["side"]): u for u in group_units(lesion_index)}
-    views = {}
-    for i, u in enumerate(units):
-        lu = by_kidney.get(unit_side(u))
-        if lu is not None:
-            views[i] = Unit(u.unit, {ph: {**r, "row": str(int(r["row"]) + n)} for ph, r in lu.rows.items()})
-    return StackedRois(kidney_rois, lesion_rois), views
-
-
 class ClipDataset(RoiDataset):
     """Kidney ROIs with their text features (V copies each): ``{"image", "text", "index"}``.
 
     Training (``augment`` set) draws a random phase and a random copy; evaluation takes the
-    evaluation phase and the original report (copy 0). With ``views`` (``lesion_views``), training
-    reads a kidney's lesion-centred ROI instead of its kidney-centred one with probability
-    ``view_prob``: the framing that zero-shot and inference see (``clip.lesion_view``).
+    evaluation phase and the original report (copy 0). ``views`` and ``view_prob`` as in
+    ``RoiDataset`` (``clip.lesion_view``).
     """
 
     def __init__(self, rois, units: list[Unit], text: np.ndarray, augment=None, seed: int = 0,
                  views: dict[int, Unit] | None = None, view_prob: float = 0.0, raw: bool = False):
-        super().__init__(rois, units, np.zeros((len(units), 0), np.float32), augment=augment, seed=seed, raw=raw)
+        super().__init__(rois, units, np.zeros((len(units), 0), np.float32), augment=augment, seed=seed, raw=raw,
+                         views=views, view_prob=view_prob)
         self.text = np.asarray(text, np.float32)
-        self.views, self.view_prob = views or {}, view_prob
 
     def __getitem__(self, key) -> dict:
-        i = key[1] if isinstance(key, tuple) else key
-        unit = self.units[i]
-        if self.augment is not None and i in self.views and self.item_rng(key, stream=2).random() < self.view_prob:
-            unit = self.views[i]
-        item = self.item_of(unit, key, i)
+        item = super().__getitem__(key)
+        i = item["index"]
         v = int(self.item_rng(key, stream=1).integers(self.text.shape[1])) if self.augment is not None else 0
         item["text"] = torch.from_numpy(self.text[i, v])
         del item["target"]
@@ -324,14 +292,9 @@ def train_clip(cfg: TrainConfig, encoder, rois, train_units: list[Unit], train_t
     task.meta = {"stage": "clip", "width": encoder.width, "text_dim": int(train_text.shape[-1]), **(meta or {})}
     views = None
     if c.lesion_view > 0 and augment:
-        from ..data.roi_cache import open_cache
         from .image_stages import _cache
 
-        if not (_cache(cfg) / "done_lesion.json").exists():
-            raise MissingFileError(_cache(cfg), "clip.lesion_view needs the lesion-centred ROIs: run "
-                                                "'renalclip preprocess --kind both' (or set clip.lesion_view: 0)")
-        lesion_rois, lesion_index = open_cache(_cache(cfg), "lesion")
-        rois, views = lesion_views(rois, train_units, lesion_rois, lesion_index)
+        rois, views = with_lesion_views(_cache(cfg), rois, train_units, "clip.lesion_view")
     train_ds = ClipDataset(rois, train_units, train_text,
                            augment=train_augment(c.flip, opt.seed, opt.augment_on, opt.augment_rotate) if augment else None, seed=opt.seed,
                            views=views, view_prob=c.lesion_view)
