@@ -123,8 +123,7 @@ def test_lesion_view_reads_the_lesion_centred_roi_of_the_lesion_kidney():
     """``clip.lesion_view``: a lesion kidney is read from the lesion cache with the given
     probability, the other kidney never; every ROI is filled with a value naming its cache and row."""
     from renalclip_lib.data.augment import train_augment
-    from renalclip_lib.data.datasets import group_units
-    from renalclip_lib.data.datasets import lesion_views
+    from renalclip_lib.data.datasets import group_units, lesion_views
     from renalclip_lib.training.clip_stage import ClipDataset
 
     shape = (32, 140, 140)

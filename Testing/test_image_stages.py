@@ -138,17 +138,19 @@ def test_attribute_lesion_view_trains_on_the_lesion_kidneys_lesion_centred_rois(
     from renalclip_lib.data.datasets import RoiDataset
     from renalclip_lib.data.roi_cache import open_cache
 
-    kidney_rois, kidney_index = open_cache(cohort / "cache", "kidney")
+    kidney_rois, _ = open_cache(cohort / "cache", "kidney")
     _, lesion_index = open_cache(cohort / "cache", "lesion")
     lesion_kidneys = {(r["patient_id"], r["side"]) for r in lesion_index}
-    reads = []
+    reads, val_reads = [], []
     item_of = RoiDataset.item_of
 
     def record(self, unit, key, i):
         item = item_of(self, unit, key, i)
+        from_lesion = min(int(r["row"]) for r in unit.rows.values()) >= len(kidney_rois)
         if self.augment is not None:
-            rows = {int(r["row"]) for r in unit.rows.values()}
-            reads.append(((self.units[i].first["patient_id"], self.units[i].first["side"]), min(rows) >= len(kidney_rois)))
+            reads.append(((self.units[i].first["patient_id"], self.units[i].first["side"]), from_lesion))
+        else:
+            val_reads.append(from_lesion)
         return item
 
     monkeypatch.setattr(RoiDataset, "item_of", record)
@@ -157,6 +159,7 @@ def test_attribute_lesion_view_trains_on_the_lesion_kidneys_lesion_centred_rois(
     assert main(args) == 0
     assert reads and {kidney in lesion_kidneys for kidney, _ in reads} == {True, False}
     assert all(from_lesion == (kidney in lesion_kidneys) for kidney, from_lesion in reads)
+    assert val_reads and not any(val_reads)
 
     kidney_only = cohort / "cache_kidney_only"
     kidney_only.mkdir()

@@ -23,8 +23,8 @@ from torch.utils.data import Dataset
 
 from ..constants import PHASES, REFERENCE_PHASE_ORDER
 from ..errors import MissingFileError
-from .roi_cache import open_cache
 from ..preprocess.roi import crop_hu, to_model_input, window_torch
+from .roi_cache import open_cache
 
 
 @dataclass
