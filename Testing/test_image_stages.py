@@ -129,28 +129,65 @@ def test_the_roi_cache_on_the_device_trains_the_same_model(cohort, monkeypatch):
         assert float(a["renal_R_prob_2"]) == pytest.approx(float(b["renal_R_prob_2"]), abs=1e-6)
 
 
+def test_attribute_repeat_threshold_draws_kidneys_by_their_rarest_answer(cohort, monkeypatch):
+    """``attributes.repeat_threshold: t``: the training loader draws each kidney in proportion to
+    max(1, sqrt(t / f)) over its known answers (f: the answer's share among the training kidneys
+    that answer that question), counted here from the cache index; t = 0 draws uniformly."""
+    from collections import Counter
+
+    import renalclip_lib.training.attributes as stage
+    from renalclip_lib.data.datasets import parse_label
+
+    seen = []
+    make_loader = stage.make_loader
+
+    def record(dataset, batch_size, train, *args, **kw):
+        if train:
+            seen.append((dataset, args[1] if len(args) > 1 else kw.get("sample_weights")))
+        return make_loader(dataset, batch_size, train, *args, **kw)
+
+    monkeypatch.setattr(stage, "make_loader", record)
+    base = ["train", "attributes", "--config", "Resources/configs/demo.yaml", "--set", f"data.cache={cohort / 'cache'}"] + QUICK
+    assert main(base + ["--out", str(cohort / "run_repeat"), "--set", "attributes.repeat_threshold=0.3"]) == 0
+    assert main(base + ["--out", str(cohort / "run_uniform")]) == 0
+    (dataset, weights), (_, uniform) = seen
+    assert uniform is None
+    answers = [[parse_label(u.first.get(f"q_{q.key}", "")) for q in QUESTIONS] for u in dataset.units]
+    expect = np.ones(len(answers))
+    for j in range(len(QUESTIONS)):
+        known = [a[j] for a in answers if a[j] >= 0]
+        share = {v: c / len(known) for v, c in Counter(known).items()}
+        for i, a in enumerate(answers):
+            if a[j] >= 0:
+                expect[i] = max(expect[i], (0.3 / share[a[j]]) ** 0.5)
+    np.testing.assert_allclose(weights, expect)
+    assert weights.max() > 1.5
+
+
 def test_attribute_lesion_view_trains_on_the_lesion_kidneys_lesion_centred_rois(cohort, monkeypatch, capsys):
-    """``attributes.lesion_view: 1``: every training read of a kidney that holds the lesion comes
-    from the lesion cache (rows past the kidney cache's), the other kidneys' and validation's never;
-    a cache without lesion ROIs is one clear error."""
+    """``attributes.lesion_view: 1``: every read of a kidney that holds the lesion, in training and
+    validation, comes from the lesion cache (rows past the kidney cache's), the other kidneys' never;
+    the targets stay that kidney's answers; a cache without lesion ROIs is one clear error."""
     import shutil
 
     from renalclip_lib.data.datasets import RoiDataset
     from renalclip_lib.data.roi_cache import open_cache
 
-    kidney_rois, _ = open_cache(cohort / "cache", "kidney")
+    from renalclip_lib.data.datasets import parse_label
+
+    kidney_rois, kidney_index = open_cache(cohort / "cache", "kidney")
     _, lesion_index = open_cache(cohort / "cache", "lesion")
     lesion_kidneys = {(r["patient_id"], r["side"]) for r in lesion_index}
+    answers = {(r["patient_id"], r["side"]): [parse_label(r[f"q_{q.key}"]) for q in QUESTIONS] for r in kidney_index}
     reads, val_reads = [], []
     item_of = RoiDataset.item_of
 
     def record(self, unit, key, i):
         item = item_of(self, unit, key, i)
         from_lesion = min(int(r["row"]) for r in unit.rows.values()) >= len(kidney_rois)
-        if self.augment is not None:
-            reads.append(((self.units[i].first["patient_id"], self.units[i].first["side"]), from_lesion))
-        else:
-            val_reads.append(from_lesion)
+        kidney = (self.units[i].first["patient_id"], self.units[i].first["side"])
+        (reads if self.augment is not None else val_reads).append((kidney, from_lesion))
+        np.testing.assert_array_equal(item["target"].numpy(), np.asarray(answers[kidney], np.float32))
         return item
 
     monkeypatch.setattr(RoiDataset, "item_of", record)
@@ -159,7 +196,8 @@ def test_attribute_lesion_view_trains_on_the_lesion_kidneys_lesion_centred_rois(
     assert main(args) == 0
     assert reads and {kidney in lesion_kidneys for kidney, _ in reads} == {True, False}
     assert all(from_lesion == (kidney in lesion_kidneys) for kidney, from_lesion in reads)
-    assert val_reads and not any(val_reads)
+    assert {kidney in lesion_kidneys for kidney, _ in val_reads} == {True, False}
+    assert all(from_lesion == (kidney in lesion_kidneys) for kidney, from_lesion in val_reads)
 
     kidney_only = cohort / "cache_kidney_only"
     kidney_only.mkdir()

@@ -194,6 +194,7 @@ def test_config_validation_names_file_and_key(tmp_path):
                         ("finetune: [1, 2]\n", "'finetune' must be a mapping"),
                         ("compare:\n  seeds: [0, 0]\n", "compare.seeds must be distinct integers"),
                         ("clip:\n  lesion_view: 1.5\n", "lesion_view must be in \\[0, 1\\]"),
+                        ("attributes:\n  repeat_threshold: -0.1\n", "attributes: repeat_threshold must be in \\[0, 1\\]"),
                         ("compare:\n  seeds: [0, 1.5]\n", "compare.seeds must be distinct integers"),
                         ("finetune:\n  optim:\n    epochs: 4\n    head_only_epochs: 4\n", "head_only_epochs must be >= 0 and below epochs"),
                         ("finetune:\n  freeze_encoder: true\n  optim:\n    epochs: 4\n    head_only_epochs: 1\n",
@@ -681,3 +682,51 @@ def test_class_weighted_attribute_loss_is_the_balanced_cross_entropy_of_each_que
     assert float(weighted) == pytest.approx(ref_weighted, rel=1e-5)
     assert float(plain) == pytest.approx(ref_plain, rel=1e-5)
     assert abs(ref_weighted - ref_plain) > 0.1
+
+
+def test_repeat_factors_follow_lvis_rule_per_column_and_take_the_rarest_answer():
+    """r(answer) = max(1, sqrt(t / f)), f the answer's share among the samples that answer that
+    column; a sample's factor is the largest over its answers; unknown answers (NaN, -1) have no say."""
+    from renalclip_lib.training.common import repeat_factors
+
+    a = np.r_[np.zeros(90), np.ones(10)]                        # answer 1: f = 0.1
+    b = np.r_[np.full(50, np.nan), np.zeros(45), np.full(5, 2)]  # known on 50: answer 2 has f = 0.1
+    b[95:] = [2, 2, 2, 2, -1]                                   # 4 of 49 known -> f = 4/49
+    r = repeat_factors(np.stack([a, b], 1), 0.4)
+    expect = np.ones(100)
+    expect[90:] = 2.0                                            # sqrt(0.4 / 0.1)
+    expect[95:99] = np.sqrt(0.4 / (4 / 49))
+    np.testing.assert_allclose(r, expect)
+    assert np.all(repeat_factors(np.stack([a, b], 1), 0.01) == 1.0)   # nothing rarer than 1 %
+
+
+def test_weighted_sampler_draws_in_proportion_repeats_per_epoch_and_splits_like_distributed_sampler():
+    from renalclip_lib.training.common import EpochKeyedSampler, WeightedEpochSampler, make_loader
+
+    w = np.r_[np.ones(18), 9.0, 0.0]                  # index 18 nine times as likely as each other; 19 never
+    s = WeightedEpochSampler(w, seed=5)
+    counts = np.zeros(20)
+    for e in range(400):
+        s.set_epoch(e)
+        counts += np.bincount(list(s), minlength=20)
+    share = counts / counts.sum()
+    assert share[19] == 0 and abs(share[18] - 9 / 27) < 0.02 and abs(share[:18].mean() - 1 / 27) < 0.003
+    s.set_epoch(7)
+    first = list(s)
+    s.set_epoch(8)
+    assert list(s) != first
+    s.set_epoch(7)
+    assert list(s) == first and len(first) == len(s) == 20       # a resumed epoch draws the same
+    ranks = [WeightedEpochSampler(w, seed=5, num_replicas=2, rank=r) for r in (0, 1)]
+    for r in ranks:
+        r.set_epoch(7)
+    a, b = (list(r) for r in ranks)
+    assert len(a) == len(b) == 10
+    assert [x for pair in zip(a, b) for x in pair] == first       # rank r takes positions r, r + 2, ...
+    odd = np.r_[w, 2.0]                                            # 21: two ranks draw 22, the first 21 as one
+    one, r0, r1 = (WeightedEpochSampler(odd, seed=5, num_replicas=n, rank=r) for n, r in ((1, 0), (2, 0), (2, 1)))
+    assert [x for pair in zip(r0, r1) for x in pair][:21] == list(one)
+    loader = make_loader(torch.utils.data.TensorDataset(torch.arange(20)), 4, True, sample_weights=w, seed=5)
+    assert isinstance(loader.sampler, WeightedEpochSampler) and not isinstance(loader.sampler, EpochKeyedSampler)
+    with pytest.raises(ValueError, match="sample weights"):
+        WeightedEpochSampler(np.zeros(3))

@@ -35,12 +35,15 @@ class AttributesOptions:
     flip: bool = False
     class_weighted: bool = False    # weight each question's classes by inverse training frequency
     lesion_view: float = 0.0        # probability that training reads a lesion kidney's lesion-centred ROI (0 = as released)
+    repeat_threshold: float = 0.0   # > 0: repeat-factor sampling of kidneys with rare answers (0 = uniform, as released)
 
     def validate(self, source=None, where: str = "attributes") -> "AttributesOptions":
         if self.optim.head_only_epochs:
             raise ConfigError(source, f"{where}: optim.head_only_epochs must be 0 (every parameter of this stage is trained together)")
         if not 0.0 <= self.lesion_view <= 1.0:
             raise ConfigError(source, f"{where}: lesion_view must be in [0, 1]")
+        if not 0.0 <= self.repeat_threshold <= 1.0:
+            raise ConfigError(source, f"{where}: repeat_threshold must be in [0, 1]")
         return self
 
 

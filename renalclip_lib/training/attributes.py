@@ -6,8 +6,9 @@ question over its known answers ("don't know" = -1 and blanks ignored), summed o
 with ``attributes.class_weighted`` each question's classes are weighted by inverse training
 frequency (``common.class_weights``), so rare answers such as fat density count as much as common ones.
 With ``attributes.lesion_view`` a lesion kidney is read, with that probability, from its
-lesion-centred ROI (``preprocess --kind both``), the framing fine-tuning sees; validation stays
-kidney-centred.
+lesion-centred ROI (``preprocess --kind both``), the framing fine-tuning sees; validation then
+reads every lesion kidney that way, so the selected epoch is the one best at that framing. With ``attributes.repeat_threshold`` kidneys are drawn by repeat-factor sampling
+(``common.repeat_factors``): a kidney whose rarest answer is rare comes up more often.
 The best epoch has the highest macro AUC over questions on the validation kidneys. No horizontal
 flip: left and right must stay what the report says.
 
@@ -24,7 +25,8 @@ from ..data.datasets import RoiDataset, Unit, batch_images, with_lesion_views
 from ..data.device_cache import device_cache
 from ..models import AttributeHead, ImageEncoder, ImageTaskModel, save_image_model
 from ..questionnaire import QUESTIONS
-from .common import auc_score, class_weights, make_loader, masked_cross_entropy, nanmean, predict_logits, softmax
+from .common import (auc_score, class_weights, make_loader, masked_cross_entropy, nanmean, predict_logits, repeat_factors,
+                     softmax)
 from .distributed import DistContext
 from .finetune import unit_targets
 from .loop import fit
@@ -71,13 +73,17 @@ def run_attributes(cfg: TrainConfig, rois, train_units: list[Unit], val_units: l
                if cfg.attributes.class_weighted else None)
     task = AttributeTask(ImageTaskModel(encoder, heads), weights)
     task.meta = {"stage": "attributes", "seed": opt.seed, "width": cfg.model.width}
-    val_ds = RoiDataset(rois, val_units, unit_targets(val_units, TARGET_COLUMNS), raw=True)
-    views = None
+    y_val, views = unit_targets(val_units, TARGET_COLUMNS), None
     if cfg.attributes.lesion_view > 0:
-        rois, views = with_lesion_views(cfg.data.cache, rois, train_units, "attributes.lesion_view")
+        n = len(train_units)
+        rois, views = with_lesion_views(cfg.data.cache, rois, train_units + val_units, "attributes.lesion_view")
+        val_units = [views.get(n + j, u) for j, u in enumerate(val_units)]
+        views = {i: v for i, v in views.items() if i < n}
+    val_ds = RoiDataset(rois, val_units, y_val, raw=True)
     train_ds = RoiDataset(rois, train_units, y_train,
                           augment=train_augment(cfg.attributes.flip, opt.seed, opt.augment_on, opt.augment_rotate), seed=opt.seed,
                           views=views, view_prob=cfg.attributes.lesion_view)
     on_device = device_cache(rois, opt.device_cache, ctx.device, log)
-    return fit(task, make_loader(train_ds, opt.batch_size, True, opt.num_workers, None, opt.seed, ctx.distributed, on_device),
+    sample_w = repeat_factors(y_train, cfg.attributes.repeat_threshold) if cfg.attributes.repeat_threshold > 0 else None
+    return fit(task, make_loader(train_ds, opt.batch_size, True, opt.num_workers, sample_w, opt.seed, ctx.distributed, on_device),
                make_loader(val_ds, opt.batch_size, False, device_cache=on_device), out_dir, opt, ctx, log)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, WeightedRandomSampler
+from torch.utils.data import DataLoader
 
 from ..data.datasets import batch_images
 from ..data.device_cache import DeviceCacheLoader
@@ -53,6 +53,36 @@ def head_and_backbone_groups(model, cfg) -> list[dict]:
     return groups
 
 
+class WeightedEpochSampler(torch.utils.data.Sampler):
+    """``len(weights)`` indices drawn with replacement in proportion to ``weights``, a function of
+    (seed, epoch) alone, so a resumed run draws what an uninterrupted one would. Under torchrun
+    every rank draws the same global sequence (padded to a multiple of the world size) and keeps
+    its share as ``DistributedSampler`` does (rank r: positions r, r + R, ...), so R processes
+    with batch b see the global batches of one process with batch b x R.
+
+    Usage: ``make_loader(ds, 16, True, sample_weights=w)`` (what the loader does with weights)
+    """
+
+    def __init__(self, weights, seed: int = 0, num_replicas: int = 1, rank: int = 0):
+        w = torch.as_tensor(np.asarray(weights, dtype=np.float64))
+        if w.ndim != 1 or not len(w) or not torch.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
+            raise ValueError("sample weights must be finite, non-negative and not all zero")
+        self.weights, self.seed, self.epoch = w, int(seed), 0
+        self.replicas, self.rank = int(num_replicas), int(rank)
+        self.per_rank = math.ceil(len(w) / self.replicas)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        drawn = torch.multinomial(self.weights, self.per_rank * self.replicas, replacement=True, generator=g)
+        return iter(drawn[self.rank::self.replicas].tolist())
+
+    def __len__(self) -> int:
+        return self.per_rank
+
+
 class EpochKeyedSampler(torch.utils.data.Sampler):
     """Wraps a training sampler so that it yields ``(epoch, index)``: the dataset then keys each
     item's random draws (phase, augmentation, report copy) by (seed, epoch, index), which makes an
@@ -81,7 +111,8 @@ def make_loader(dataset, batch_size: int, train: bool, num_workers: int = 0, sam
     """A DataLoader; for training, a seeded sampler, wrapped in ``EpochKeyedSampler`` when the dataset
     keys its random draws (has ``item_rng``, as ``data.datasets.RoiDataset``).
 
-    Without sample weights the training sampler is torch's ``DistributedSampler`` in every case
+    With ``sample_weights`` the training sampler is ``WeightedEpochSampler`` (drawn with replacement,
+    in proportion to the weights). Without them it is torch's ``DistributedSampler`` in every case
     (one replica when not distributed), so epoch e's order is a function of (seed, e) alone and rank r
     of R processes with batch b sees, in its k-th batch, its share of the k-th global batch of
     b x R that a single process would see. Where CUDA is present, batches come in pinned memory, so
@@ -96,10 +127,9 @@ def make_loader(dataset, batch_size: int, train: bool, num_workers: int = 0, sam
     if on_device:
         dataset.rows_only, num_workers = True, 0
     sampler = None
-    if train and sample_weights is not None and not distributed:
-        g = torch.Generator().manual_seed(seed)
-        sampler = WeightedRandomSampler(torch.as_tensor(sample_weights, dtype=torch.double), len(dataset),
-                                        replacement=True, generator=g)
+    if train and sample_weights is not None:
+        world = (torch.distributed.get_world_size(), torch.distributed.get_rank()) if distributed else (1, 0)
+        sampler = WeightedEpochSampler(sample_weights, seed, *world)
     elif train:
         from torch.utils.data.distributed import DistributedSampler
 
@@ -177,6 +207,26 @@ def masked_cross_entropy(logits: torch.Tensor, target: torch.Tensor, weight: tor
     nll = torch.nn.functional.cross_entropy(logits.float(), labels, reduction="none")
     row_w = w[labels] * ok
     return (nll * row_w).sum() / row_w.sum().clamp_min(torch.finfo(torch.float32).tiny)
+
+
+def repeat_factors(labels: np.ndarray, threshold: float) -> np.ndarray:
+    """Repeat-factor sampling (Gupta et al., LVIS, CVPR 2019) over several label columns: an answer
+    given by a fraction f of the samples that answer its column has r = max(1, sqrt(threshold / f)),
+    and a sample is drawn in proportion to the largest r among its answers (NaN or < 0: unknown,
+    no say). Rare answers (fat density) come up more often without reweighting the loss.
+
+    Usage: ``make_loader(ds, 16, True, sample_weights=repeat_factors(y, 0.1))``
+    """
+    y = np.asarray(labels, float).reshape(len(labels), -1)
+    r = np.ones(len(y))
+    for col in y.T:
+        known = ~np.isnan(col) & (col >= 0)
+        if not known.any():
+            continue
+        values, counts = np.unique(col[known], return_counts=True)
+        rc = np.maximum(1.0, np.sqrt(threshold / (counts / known.sum())))
+        r[known] = np.maximum(r[known], rc[np.searchsorted(values, col[known])])
+    return r
 
 
 def class_weights(labels: np.ndarray, n_classes: int) -> np.ndarray:
