@@ -7,7 +7,8 @@ with ``attributes.class_weighted`` each question's classes are weighted by inver
 frequency (``common.class_weights``), so rare answers such as fat density count as much as common ones.
 With ``attributes.lesion_view`` a lesion kidney is read, with that probability, from its
 lesion-centred ROI (``preprocess --kind both``), the framing fine-tuning sees; validation then
-reads every lesion kidney that way, so the selected epoch is the one best at that framing. With ``attributes.repeat_threshold`` kidneys are drawn by repeat-factor sampling
+reads every lesion kidney that way, so the selected epoch is the one best at that framing. With
+``attributes.repeat_threshold`` kidneys are drawn by repeat-factor sampling
 (``common.repeat_factors``): a kidney whose rarest answer is rare comes up more often.
 The best epoch has the highest macro AUC over questions on the validation kidneys. No horizontal
 flip: left and right must stay what the report says.
