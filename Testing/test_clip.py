@@ -197,18 +197,34 @@ def cohort(tmp_path_factory):
     return root
 
 
+CLIP_SETS = ["clip.init=random", "model.width=4", "clip.optim.epochs=2", "clip.optim.num_workers=0",
+             "clip.prompt_pairs=20", "clip.lesion_view=0.5"]
+
+
+def _clip_args(stage, run, cache, manifest, extra=()):
+    sets = [f"data.cache={cache}", f"data.manifest={manifest}", *CLIP_SETS, *extra]
+    return ["train", stage, "--config", "Resources/configs/demo.yaml", "--out", str(run), "--quiet",
+            *sum((["--set", s] for s in sets), [])]
+
+
+@pytest.fixture(scope="module")
+def clip_run(cohort):
+    """(run folder, the command that trained it): a 2-epoch alignment of the small cohort."""
+    from renalclip_lib.cli import main
+
+    run = cohort / "run"
+    args = _clip_args("clip", run, cohort / "cache", cohort / "cohort" / "manifest.csv")
+    assert main(args) == 0
+    return run, args
+
+
 @pytest.mark.slow
-def test_clip_stage_writes_what_evaluate_and_analyze_read(cohort):
+def test_clip_stage_writes_what_evaluate_and_analyze_read(cohort, clip_run):
     from renalclip_lib.cli import main
     from renalclip_lib.evaluation.predictions import read_embeddings, read_predictions
     from renalclip_lib.evaluation.zeroshot import load_prompt_embeddings, zeroshot_probabilities
 
-    run = cohort / "run"
-    args = ["train", "clip", "--config", "Resources/configs/demo.yaml", "--out", str(run), "--quiet",
-            "--set", f"data.cache={cohort / 'cache'}", "--set", f"data.manifest={cohort / 'cohort' / 'manifest.csv'}",
-            "--set", "clip.init=random", "--set", "model.width=4", "--set", "clip.optim.epochs=2",
-            "--set", "clip.optim.num_workers=0", "--set", "clip.prompt_pairs=20", "--set", "clip.lesion_view=0.5"]
-    assert main(args) == 0
+    run, args = clip_run
     out = run / "clip"
     history = [json.loads(line) for line in (out / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
     assert len(history) == 2 and all(np.isfinite(h["train_loss"]) and "val_recall@5" in h for h in history)
@@ -240,6 +256,48 @@ def test_clip_stage_writes_what_evaluate_and_analyze_read(cohort):
     mtime = (out / "best.pt").stat().st_mtime_ns
     assert main(args) == 0
     assert (out / "best.pt").stat().st_mtime_ns == mtime
+
+
+@pytest.mark.slow
+def test_clip_eval_on_another_cache_reproduces_the_runs_own_outputs_and_rejects_another_text_encoder(cohort, clip_run,
+                                                                                                    capsys):
+    """``renalclip train clip-eval``: the same patients under another cache folder give the
+    embeddings, zero-shot predictions and AUCs the clip stage wrote itself; ``retrieval.json``
+    equals a direct ranking of the stored embeddings; a different text encoder is refused."""
+    import shutil
+
+    from renalclip_lib.cli import main
+    from renalclip_lib.errors import EXIT_BAD_INPUT
+
+    run, _ = clip_run
+    other = cohort / "hospital_b"
+    if not other.exists():
+        shutil.copytree(cohort / "cache", other)
+    manifest = cohort / "cohort" / "manifest.csv"
+    assert main(_clip_args("clip-eval", run, other, manifest)) == 0
+    got, own = run / "clip" / "eval" / "hospital_b", run / "clip"
+    assert (got / "text_features" / "features.npz").is_file()          # that cohort's reports, encoded anew
+    with np.load(got / "embeddings.npz") as a, np.load(own / "embeddings.npz") as b:
+        assert list(a["patient_id"]) == list(b["patient_id"]) and len(a["patient_id"]) >= 2
+        np.testing.assert_allclose(a["image"], b["image"], atol=1e-5)
+        np.testing.assert_allclose(a["text"], b["text"], atol=1e-5)
+        sim, n = a["image"] @ a["text"].T, len(a["patient_id"])
+    assert (got / "predictions.csv").read_text(encoding="utf-8") == (own / "predictions.csv").read_text(encoding="utf-8")
+    zg, zo = (json.loads((d / "zeroshot.json").read_text(encoding="utf-8")) for d in (got, own))
+    assert zg == zo
+    ret = json.loads((got / "retrieval.json").read_text(encoding="utf-8"))
+    above_text = [int((sim[i] >= sim[i, i]).sum()) - 1 for i in range(n)]
+    above_image = [int((sim[:, j] >= sim[j, j]).sum()) - 1 for j in range(n)]
+    assert ret["n"] == n and ret["chance@5"] == pytest.approx(min(1.0, 5 / n))
+    for k in (1, 3, 5):
+        assert ret[f"i2t_recall@{k}"] == pytest.approx(np.mean([x < k for x in above_text]), abs=1e-6)
+        assert ret[f"t2i_recall@{k}"] == pytest.approx(np.mean([x < k for x in above_image]), abs=1e-6)
+    assert json.loads((own / "retrieval.json").read_text(encoding="utf-8")) == ret
+    capsys.readouterr()
+    code = main(_clip_args("clip-eval", run, other, manifest, ["clip.text_max_length=64"]))
+    assert code == EXIT_BAD_INPUT and "aligned with" in capsys.readouterr().err
+    assert main(_clip_args("clip-eval", cohort / "no_run", other, manifest)) == EXIT_BAD_INPUT
+    assert "run the 'clip' stage first" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -6,9 +6,12 @@ counted against the model, so a model that embeds everything alike scores 0, not
 hit at K when fewer than K other items rank at or above the correct one. The cohort's Recall@K is
 the mean over queries; its bootstrap resamples queries with the gallery (the whole cohort) fixed.
 
-Usage: ``hits = retrieval_hits(img, txt)`` -> ``{"t2i_recall@1": bool array over patients, ...}``
+Usage: ``hits = retrieval_hits(img, txt)`` -> ``{"t2i_recall@1": bool array over patients, ...}``;
+``retrieval_summary("clip/embeddings.npz")`` -> Recall@K both ways with chance k/n.
 """
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 
@@ -38,4 +41,21 @@ def retrieval_hits(image: np.ndarray, text: np.ndarray, ks=RETRIEVAL_KS) -> dict
     for direction, ranks in (("t2i", t2i), ("i2t", i2t)):
         for k in ks:
             out[f"{direction}_recall@{k}"] = ranks < k
+    return out
+
+
+def retrieval_summary(embeddings: Path, cohorts: set | None = None) -> dict:
+    """Recall@K both ways over the patients of ``cohorts`` (all if None) of an embeddings ``.npz``
+    (``image``, ``text``, ``cohort``), with chance k/n."""
+    with np.load(embeddings, allow_pickle=False) as z:
+        keep = np.array([cohorts is None or str(c) in cohorts for c in z["cohort"]], bool)
+        image, text = z["image"][keep], z["text"][keep]
+    n = int(keep.sum())
+    if n < 2:
+        return {"n": n}
+    out = {"n": n}
+    for key, hits in retrieval_hits(image, text, RETRIEVAL_KS).items():
+        out[key] = float(hits.mean())
+    for k in RETRIEVAL_KS:
+        out[f"chance@{k}"] = min(1.0, k / n)
     return out

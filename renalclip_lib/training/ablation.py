@@ -32,8 +32,7 @@ import numpy as np
 
 from ..atomic import atomic_write_json, atomic_write_text
 from ..config import TrainConfig
-from ..evaluation.columns import RETRIEVAL_KS
-from ..evaluation.retrieval import retrieval_hits
+from ..evaluation.retrieval import retrieval_summary
 from .image_stages import cohort_groups, run_stage
 
 VARIANTS = {
@@ -54,22 +53,6 @@ def variant_config(cfg: TrainConfig, run_dir: Path, variant: str) -> TrainConfig
     name = cfg.ablation.domain_text_encoder if text == "domain" else cfg.ablation.general_text_encoder
     v.clip.text_encoder = str(run_dir / "text" / "encoder.json") if name == "text" else name
     return v
-
-
-def retrieval_summary(embeddings: Path, cohorts: set | None) -> dict:
-    """Recall@K both ways over the patients of ``cohorts`` (all if None), with chance k/n."""
-    with np.load(embeddings, allow_pickle=False) as z:
-        keep = np.array([cohorts is None or str(c) in cohorts for c in z["cohort"]], bool)
-        image, text = z["image"][keep], z["text"][keep]
-    n = int(keep.sum())
-    if n < 2:
-        return {"n": n}
-    out = {"n": n}
-    for key, hits in retrieval_hits(image, text, RETRIEVAL_KS).items():
-        out[key] = float(hits.mean())
-    for k in RETRIEVAL_KS:
-        out[f"chance@{k}"] = min(1.0, k / n)
-    return out
 
 
 def _zeroshot_summary(zeroshot: dict) -> dict:

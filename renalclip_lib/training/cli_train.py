@@ -16,7 +16,7 @@ import sys
 import yaml
 
 IMAGE_STAGES = ("attributes", "finetune", "survival", "data-efficiency", "phase-fusion", "compare")
-TEXT_STAGES = ("text", "text-features", "clip", "ablation")
+TEXT_STAGES = ("text", "text-features", "clip", "clip-eval", "ablation")
 REPORT_STAGES = ("report",)
 
 
@@ -105,6 +105,10 @@ def cmd_train(args) -> int:
         if args.init:
             cfg.clip.init = args.init
         result = run_clip(cfg, args.out, log)
+    elif args.stage == "clip-eval":
+        from .clip_stage import run_clip_eval
+
+        result = run_clip_eval(cfg, args.out, log)
     elif args.stage == "ablation":
         from .ablation import run_ablation
 

@@ -1,4 +1,4 @@
-"""Stages "text-features" and "clip": contrastive alignment of CT kidneys with their reports.
+"""Stages "text-features", "clip" and "clip-eval": contrastive alignment of CT kidneys with their reports.
 
 Samples are kidneys (the "kidney" ROI cache: one ROI per patient, side and phase) paired with
 that kidney's report (manifest columns ``findings_<side>``, ``impression_<side>``) formatted as
@@ -21,12 +21,18 @@ retrieval (mean of image-to-text and text-to-image Recall@5). ``RUN/clip/`` then
 report, for ``renalclip evaluate --embeddings``), ``predictions.csv`` (``zeroshot_<task>_prob`` by
 maximum similarity for every evaluated lesion) and ``zeroshot.json`` (AUCs by maximum similarity
 and over 1,000 random prompt pairs, per cohort group). These outputs embed each patient's
-evaluation phase, or with ``clip.fuse_phases`` the mean of its phases' embeddings.
+evaluation phase, or with ``clip.fuse_phases`` the mean of its phases' embeddings, and
+``retrieval.json`` (Recall@K both ways with chance k/n).
+
+"clip-eval": the same outputs for another cohort (``data.manifest``, ``data.cache``) from the
+aligned encoder as it is, in ``RUN/clip/eval/<cache folder name>/``: an external check that
+played no part in training or in choosing the epoch.
 
 Usage::
 
     run_text_features(cfg, "run")
     run_clip(cfg, "run")                 # or: renalclip train clip --config demo.yaml --out run
+    run_clip_eval(cfg_other_cohort, "run")   # or: renalclip train clip-eval ... --set data.cache=other_cache
 """
 from __future__ import annotations
 
@@ -57,6 +63,7 @@ FEATURES_DIR = "text_features"
 FEATURES_FILE = "features.npz"
 PROMPTS_FILE = "prompt_embeddings.npz"
 ZEROSHOT_TASKS = ("malignancy", "aggressiveness")
+EVAL_DIR = "eval"
 
 
 # ----------------------------------------------------------------------------- reports and units
@@ -140,13 +147,14 @@ def _spec_signature(spec: dict, texts_digest: str) -> str:
     return h.hexdigest()
 
 
-def run_text_features(cfg: TrainConfig, run_dir, log=None, ctx: DistContext | None = None) -> dict:
-    """Encode every kidney report (original + shuffles) and the zero-shot prompts, once (main rank)."""
+def run_text_features(cfg: TrainConfig, run_dir, log=None, ctx: DistContext | None = None, out=None) -> dict:
+    """Encode every kidney report (original + shuffles) and the zero-shot prompts, once (main rank),
+    into ``out`` (default ``RUN/text_features``)."""
     from ..data.roi_cache import open_cache
     from .image_stages import _cache
 
     ctx = ctx or DistContext()
-    out = Path(run_dir) / FEATURES_DIR
+    out = Path(out) if out is not None else Path(run_dir) / FEATURES_DIR
     _, index = open_cache(_cache(cfg), "kidney")
     from ..data.datasets import group_units
 
@@ -183,8 +191,8 @@ def run_text_features(cfg: TrainConfig, run_dir, log=None, ctx: DistContext | No
     return {"features": str(out / FEATURES_FILE), "prompts": str(out / PROMPTS_FILE), "n_units": len(texts)}
 
 
-def load_text_features(run_dir) -> dict[str, np.ndarray]:
-    path = Path(run_dir) / FEATURES_DIR / FEATURES_FILE
+def load_text_features(run_dir, features_dir=None) -> dict[str, np.ndarray]:
+    path = Path(features_dir if features_dir is not None else Path(run_dir) / FEATURES_DIR) / FEATURES_FILE
     if not path.is_file():
         raise MissingFileError(path, "no text features: run the 'text-features' stage first")
     with np.load(path, allow_pickle=False) as z:
@@ -341,11 +349,46 @@ def run_clip(cfg: TrainConfig, run_dir, log=None, ctx: DistContext | None = None
     return result
 
 
+def run_clip_eval(cfg: TrainConfig, run_dir, log=None) -> dict:
+    """The aligned encoder of ``RUN/clip`` on the cohorts of ``cfg.data`` (another hospital's
+    manifest and ROI cache, say): zero-shot and retrieval without training, with the text encoder
+    the run was aligned with and the prompts of ``clip.prompts`` (a new task needs no retraining).
+    Outputs as ``write_clip_outputs`` in ``RUN/clip/eval/<cache folder name>/``, next to that
+    cohort's text features."""
+    from .image_stages import _cache
+
+    run_dir = Path(run_dir)
+    best = run_dir / "clip" / "best.pt"
+    if not best.is_file():
+        raise MissingFileError(best, "no aligned encoder yet: run the 'clip' stage first")
+    spec = text_encoder_spec(cfg, run_dir)
+    trained = run_dir / FEATURES_DIR / "meta.json"
+    if trained.is_file():
+        used = json.loads(trained.read_text(encoding="utf-8"))["spec"]
+        same = lambda k: json.dumps(used.get(k)) == json.dumps(spec.get(k))  # noqa: E731
+        if not all(same(k) for k in ("kind", "path", "adapters", "max_length")):
+            raise ConfigError(cfg.source, f"clip.text_encoder gives {spec['path']}, but {run_dir} was aligned with "
+                                          f"{used.get('path')}: evaluate with the run's config")
+    out = run_dir / "clip" / EVAL_DIR / _cache(cfg).name
+    run_text_features(cfg, run_dir, log, out=out / FEATURES_DIR)
+    written = write_clip_outputs(cfg, run_dir, out=out, features_dir=out / FEATURES_DIR)
+    if "embeddings" not in written and "predictions" not in written:
+        raise ConfigError(cfg.source, f"{_cache(cfg)}: no patient to evaluate (cohorts outside "
+                                      f"data.pretrain_cohorts, split val or test)")
+    if log:
+        log(f"clip-eval: {json.dumps({k: v for k, v in written.items() if k != 'prompt_embeddings'})}")
+    return written
+
+
 # ----------------------------------------------------------------------------- evaluation outputs
-def write_clip_outputs(cfg: TrainConfig, run_dir, reports: dict | None = None, feats: dict | None = None) -> dict:
-    """Embeddings for retrieval, zero-shot predictions and prompt-pair AUCs from ``clip/best.pt``."""
+def write_clip_outputs(cfg: TrainConfig, run_dir, reports: dict | None = None, feats: dict | None = None,
+                       out=None, features_dir=None) -> dict:
+    """Embeddings for retrieval, Recall@K, zero-shot predictions and prompt-pair AUCs of
+    ``RUN/clip/best.pt`` on the cohorts of ``cfg.data``, into ``out`` (default ``RUN/clip``), from
+    the text features and prompt embeddings in ``features_dir`` (default ``RUN/text_features``)."""
     from ..data.datasets import group_units
     from ..data.roi_cache import open_cache
+    from ..evaluation.retrieval import retrieval_summary
     from ..evaluation.zeroshot import (load_prompt_embeddings, pair_auc_distribution, save_prompt_embeddings,
                                        zeroshot_probabilities)
     from ..models import load_checkpoint
@@ -353,15 +396,16 @@ def write_clip_outputs(cfg: TrainConfig, run_dir, reports: dict | None = None, f
     from .predictions import write_rows
 
     run_dir = Path(run_dir)
-    out = run_dir / "clip"
+    out = Path(out) if out is not None else run_dir / "clip"
+    features_dir = Path(features_dir) if features_dir is not None else run_dir / FEATURES_DIR
     reports = reports if reports is not None else manifest_reports(cfg)
-    feats = feats if feats is not None else load_text_features(run_dir)
-    ck = load_checkpoint(out / "best.pt")
+    feats = feats if feats is not None else load_text_features(run_dir, features_dir)
+    ck = load_checkpoint(run_dir / "clip" / "best.pt")
     encoder, scale = ck.encoder, float(np.exp(ck.logit_scale)) if ck.logit_scale is not None else 100.0
     device = torch.device("cpu") if cfg.device == "cpu" or not torch.cuda.is_available() else torch.device("cuda")
     encoder.to(device)
     bs = max(1, min(cfg.clip.optim.batch_size, 32))
-    prompts = load_prompt_embeddings(run_dir / FEATURES_DIR / PROMPTS_FILE)
+    prompts = load_prompt_embeddings(features_dir / PROMPTS_FILE)
     save_prompt_embeddings(out / PROMPTS_FILE, prompts)
     written = {"prompt_embeddings": str(out / PROMPTS_FILE)}
 
@@ -378,6 +422,8 @@ def write_clip_outputs(cfg: TrainConfig, run_dir, reports: dict | None = None, f
                 np.savez(fh, image=img.astype(np.float32), text=(text / np.linalg.norm(text, axis=1, keepdims=True)).astype(np.float32),
                          patient_id=np.array(ids), cohort=np.array([u.first["cohort"] for u in evaluated]))
         written["embeddings"] = str(out / "embeddings.npz")
+        atomic_write_json(out / "retrieval.json", retrieval_summary(out / "embeddings.npz"))
+        written["retrieval"] = str(out / "retrieval.json")
 
     cache = _cache(cfg)
     if (cache / "done_lesion.json").exists():
