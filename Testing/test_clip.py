@@ -296,6 +296,9 @@ def test_clip_eval_on_another_cache_reproduces_the_runs_own_outputs_and_rejects_
     capsys.readouterr()
     code = main(_clip_args("clip-eval", run, other, manifest, ["clip.text_max_length=64"]))
     assert code == EXIT_BAD_INPUT and "aligned with" in capsys.readouterr().err
+    pretrain_all = "data.pretrain_cohorts=[pretrain, internal, external_noisy]"
+    assert main(_clip_args("clip-eval", run, other, manifest, [pretrain_all])) == EXIT_BAD_INPUT
+    assert "no patient to evaluate" in capsys.readouterr().err
     assert main(_clip_args("clip-eval", cohort / "no_run", other, manifest)) == EXIT_BAD_INPUT
     assert "run the 'clip' stage first" in capsys.readouterr().err
 

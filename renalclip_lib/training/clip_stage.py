@@ -355,7 +355,8 @@ def run_clip_eval(cfg: TrainConfig, run_dir, log=None) -> dict:
     the run was aligned with and the prompts of ``clip.prompts`` (a new task needs no retraining).
     Outputs as ``write_clip_outputs`` in ``RUN/clip/eval/<cache folder name>/``, next to that
     cohort's text features."""
-    from .image_stages import _cache
+    from ..data.roi_cache import open_cache
+    from .image_stages import EVAL_SPLITS, _cache
 
     run_dir = Path(run_dir)
     best = run_dir / "clip" / "best.pt"
@@ -367,14 +368,17 @@ def run_clip_eval(cfg: TrainConfig, run_dir, log=None) -> dict:
         used = json.loads(trained.read_text(encoding="utf-8"))["spec"]
         same = lambda k: json.dumps(used.get(k)) == json.dumps(spec.get(k))  # noqa: E731
         if not all(same(k) for k in ("kind", "path", "adapters", "max_length")):
-            raise ConfigError(cfg.source, f"clip.text_encoder gives {spec['path']}, but {run_dir} was aligned with "
-                                          f"{used.get('path')}: evaluate with the run's config")
+            raise ConfigError(cfg.source, f"the text encoder ({spec['path']}, max length {spec['max_length']}) is not "
+                                          f"the one {run_dir} was aligned with ({used.get('path')}, max length "
+                                          f"{used.get('max_length')}): evaluate with the run's config")
+    _, index = open_cache(_cache(cfg), "kidney")
+    pre = set(cfg.data.pretrain_cohorts)
+    if not any(r["cohort"] not in pre and r["split"] in EVAL_SPLITS for r in index):
+        raise ConfigError(cfg.source, f"{_cache(cfg)}: no patient to evaluate (cohorts outside "
+                                      f"data.pretrain_cohorts, split val or test)")
     out = run_dir / "clip" / EVAL_DIR / _cache(cfg).name
     run_text_features(cfg, run_dir, log, out=out / FEATURES_DIR)
     written = write_clip_outputs(cfg, run_dir, out=out, features_dir=out / FEATURES_DIR)
-    if "embeddings" not in written and "predictions" not in written:
-        raise ConfigError(cfg.source, f"{_cache(cfg)}: no patient to evaluate (cohorts outside "
-                                      f"data.pretrain_cohorts, split val or test)")
     if log:
         log(f"clip-eval: {json.dumps({k: v for k, v in written.items() if k != 'prompt_embeddings'})}")
     return written
