@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-pytest.importorskip("torch")
+torch = pytest.importorskip("torch")
 
 from renalclip_lib.cli import main  # noqa: E402
 from renalclip_lib.phantom import write_cohort  # noqa: E402
@@ -209,3 +209,35 @@ def test_attribute_lesion_view_trains_on_the_lesion_kidneys_lesion_centred_rois(
     assert main(args) != 0
     err = capsys.readouterr().err
     assert "attributes.lesion_view needs the lesion-centred ROIs" in err and str(kidney_only) in err
+
+
+def test_finetune_head_init_starts_the_heads_from_the_attribute_checkpoints_questions(cohort, monkeypatch, capsys):
+    """``finetune.head_init: attributes``: fine-tuning starts the malignancy and R heads from that run's
+    attribute checkpoint (question 12's and question 3's weights, merged per task class and centred);
+    the other heads start random; the checkpoint records which; with a random encoder it is refused."""
+    import renalclip_lib.training.finetune as stage
+    from renalclip_lib.models import load_checkpoint
+
+    run = cohort / "run_head_init"
+    base = ["--config", "Resources/configs/demo.yaml", "--out", str(run), "--set", f"data.cache={cohort / 'cache'}"] + QUICK
+    assert main(["train", "attributes"] + base) == 0
+    question = load_checkpoint(run / "attributes" / "best.pt").classifiers["text_label_18"].block_forward[2].weight
+    merged = torch.stack([(question[1] + question[3]) / 2, (question[2] + question[4]) / 2])
+    centred = merged - merged.mean(0)
+    started = {}
+    fit = stage.fit
+
+    def record(task, *args, **kw):
+        started.update({t: h.block_forward[2].weight.detach().clone() for t, h in task.model.classifiers.items()})
+        return fit(task, *args, **kw)
+
+    monkeypatch.setattr(stage, "fit", record)
+    assert main(["train", "finetune", "--set", "finetune.head_init=attributes"] + base) == 0
+    torch.testing.assert_close(started["malignancy"][:2], centred, atol=1e-6, rtol=0)
+    torch.testing.assert_close(started["malignancy"][2:4], -centred, atol=1e-6, rtol=0)
+    assert not torch.allclose(started["renal_E"][:2], started["renal_E"][2:4].neg())
+    meta = load_checkpoint(run / "finetune" / "attributes" / "best.pt").meta
+    assert meta["heads_from_questions"] == ["renal_R", "malignancy"]
+    capsys.readouterr()
+    assert main(["train", "finetune", "--init", "random", "--set", "finetune.head_init=attributes"] + base) == 2
+    assert "finetune.head_init 'attributes' needs the attribute checkpoint's heads" in capsys.readouterr().err

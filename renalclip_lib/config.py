@@ -61,10 +61,13 @@ class FinetuneOptions:
     freeze_encoder: bool = False
     class_balanced: bool = True
     flip: bool = True
+    head_init: str = "random"       # random (as released) | attributes: start heads from the matching question's head
     optim: OptimOptions = field(default_factory=lambda: OptimOptions(select_metric="val_auc", select_mode="max"))
 
     def validate(self, source=None, where: str = "finetune") -> "FinetuneOptions":
         _frozen_with_head_only(self, source, where)
+        if self.head_init not in ("random", "attributes"):
+            raise ConfigError(source, f"{where}: head_init must be 'random' or 'attributes', not '{self.head_init}'")
         return self
 
 

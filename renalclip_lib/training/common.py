@@ -24,16 +24,21 @@ from .options import BACKBONE, HEADS
 STAGE_DIRS = {"attributes": "attributes", "clip": "clip", "finetune": "finetune", "survival": "survival"}
 
 
-def encoder_from_init(init: str, run_dir, width: int, embed_dim: int = 4096) -> ImageEncoder:
-    """A fresh encoder ("random"), a stage's best encoder ("attributes", "clip"), or a file path."""
-    if init == "random":
-        return ImageEncoder(embed_dim=embed_dim, width=width)
+def init_path(init: str, run_dir) -> Path:
+    """The checkpoint an init names: a stage's best ("attributes", "clip") or a file path."""
     if init in ("attributes", "clip"):
         path = Path(run_dir) / STAGE_DIRS[init] / "best.pt"
         if not path.exists():
             raise MissingFileError(path, f"no '{init}' encoder yet: run the '{init}' stage first")
-    else:
-        path = Path(init)
+        return path
+    return Path(init)
+
+
+def encoder_from_init(init: str, run_dir, width: int, embed_dim: int = 4096) -> ImageEncoder:
+    """A fresh encoder ("random"), a stage's best encoder ("attributes", "clip"), or a file path."""
+    if init == "random":
+        return ImageEncoder(embed_dim=embed_dim, width=width)
+    path = init_path(init, run_dir)
     enc = load_checkpoint(path).encoder
     if enc.width != width:
         raise ConfigError(str(path), f"encoder width {enc.width} differs from model.width {width} in the config")

@@ -22,11 +22,13 @@ from ..config import TrainConfig
 from ..data.augment import train_augment
 from ..data.datasets import RoiDataset, Unit, batch_images, parse_label
 from ..data.device_cache import device_cache
-from ..models import ClassifierHead, ImageTaskModel, save_image_model
+from ..errors import ConfigError
+from ..models import ClassifierHead, ImageTaskModel, load_checkpoint, save_image_model
 from ..tasks import TASKS
-from .common import (auc_score, class_weights, encoder_from_init, head_and_backbone_groups, make_loader,
+from .common import (auc_score, class_weights, encoder_from_init, head_and_backbone_groups, init_path, make_loader,
                      masked_cross_entropy, nanmean, predict_logits, softmax)
 from .distributed import DistContext
+from .head_transfer import transfer_question_heads
 from .loop import fit
 from .predictions import write_predictions
 
@@ -88,6 +90,15 @@ def run_finetune(cfg: TrainConfig, rois, train_units: list[Unit], val_units: lis
     torch.manual_seed(optim.seed)
     encoder = encoder_from_init(init, run_dir, cfg.model.width, cfg.model.embed_dim)
     model = build_model(encoder, tasks, ft.freeze_encoder)
+    started = []
+    if ft.head_init == "attributes":
+        if init == "random":
+            raise ConfigError(None, "finetune.head_init 'attributes' needs the attribute checkpoint's heads: "
+                                    "not with init 'random'")
+        source = init_path(init, run_dir)
+        started = transfer_question_heads(model.classifiers, load_checkpoint(source).classifiers, source)
+        if log and ctx.is_main:
+            log(f"heads started from their questions: {', '.join(started) or 'none'}")
     y_train = unit_targets(train_units, tasks)
     weights = {t: class_weights(y_train[:, i], len(TASKS[t].classes)) for i, t in enumerate(tasks)}
     sample_w = None
@@ -96,7 +107,8 @@ def run_finetune(cfg: TrainConfig, rois, train_units: list[Unit], val_units: lis
         y0 = y_train[:, 0]
         sample_w = np.where(np.isnan(y0), 1.0, w0[np.nan_to_num(y0).astype(int)])
     task = FinetuneTask(model, tasks, weights)
-    task.meta = {"stage": "finetune", "init": init, "tasks": tasks, "seed": optim.seed, "width": cfg.model.width}
+    task.meta = {"stage": "finetune", "init": init, "tasks": tasks, "seed": optim.seed, "width": cfg.model.width,
+                 "heads_from_questions": started}
     train_ds = RoiDataset(rois, train_units, y_train, augment=train_augment(ft.flip, optim.seed, optim.augment_on, optim.augment_rotate), seed=optim.seed)
     val_ds = RoiDataset(rois, val_units, unit_targets(val_units, tasks), raw=True)
     on_device = device_cache(rois, optim.device_cache, ctx.device, log)
