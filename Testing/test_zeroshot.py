@@ -80,3 +80,28 @@ def test_prompt_embeddings_round_trip(tmp_path):
     save_prompt_embeddings(tmp_path / "p.npz", emb)
     back = load_prompt_embeddings(tmp_path / "p.npz")
     assert set(back) == set(emb) and np.array_equal(back["my/task"][1], np.eye(4)[2:].astype(np.float32))
+
+
+def test_description_aucs_find_the_description_read_the_wrong_way():
+    """Two templates x two descriptions per class (template outer). Images lie along e0 (negatives)
+    or e1 (positives); class 0's second description points at e1, as an encoder that ignores
+    "no evidence of ..." would place it. Its AUC is 1, the other class-0 description's 0; a
+    score per template is the mean over that description's two prompts."""
+    from renalclip_lib.evaluation.zeroshot import description_aucs
+
+    e = np.eye(4)
+    y = np.array([0, 0, 0, 1, 1, 1])
+    rng = np.random.default_rng(0)
+    img = np.where(y[:, None] == 1, e[1], e[0]) + 0.05 * rng.standard_normal((6, 4))
+    classes = {0: np.stack([e[0], e[1], e[0] + 0.1 * e[2], e[1] + 0.1 * e[3]]),
+               1: np.stack([e[1], e[2], e[1] + 0.1 * e[2], e[2]])}
+    descriptions = {0: ["well-defined", "no evidence of thrombus"], 1: ["thrombus", "unrelated"]}
+    out = description_aucs(img, y, classes, descriptions)
+    assert [(d["class"], d["description"]) for d in out] == [(0, "well-defined"), (0, "no evidence of thrombus"),
+                                                           (1, "thrombus"), (1, "unrelated")]
+    assert [d["auc"] for d in out[:3]] == [0.0, 1.0, 1.0]
+    from sklearn.metrics import roc_auc_score
+
+    n = img / np.linalg.norm(img, axis=1, keepdims=True)
+    assert out[3]["auc"] == pytest.approx(roc_auc_score(y, n @ e[2]))     # both its prompts are e2
+    assert description_aucs(img, y, {0: classes[0][:3], 1: classes[1]}, descriptions) is None   # 3 prompts, 2 descriptions

@@ -56,6 +56,13 @@ def default_prompt_file() -> Path:
 
 def load_prompt_file(path=None) -> dict[str, dict[int, list[str]]]:
     """{task: {class: [prompt texts]}} from a prompt file (default: the released one)."""
+    templates, descriptions = read_prompt_file(path)
+    return {task: {c: [t.replace(BLANK, d) for t in templates for d in desc] for c, desc in classes.items()}
+            for task, classes in descriptions.items()}
+
+
+def read_prompt_file(path=None) -> tuple[list[str], dict[str, dict[int, list[str]]]]:
+    """(templates, {task: {class: [descriptions]}}) of a prompt file, checked (default: the released one)."""
     path = Path(path) if path is not None else default_prompt_file()
     data = read_json_object(path, PromptFileError, missing="prompt file not found")
     templates = data.get("templates")
@@ -76,14 +83,14 @@ def load_prompt_file(path=None) -> dict[str, dict[int, list[str]]]:
         if missing or set(classes) - set(want):
             raise PromptFileError(path, f"task {task!r}: classes must be {', '.join(want)} "
                                         f"(missing class {missing[0] if missing else sorted(set(classes) - set(want))[0]})")
-        prompts = {}
+        per_class = {}
         for c in want:
             desc = classes[c]
             if not isinstance(desc, list) or not desc or not all(isinstance(d, str) and d.strip() for d in desc):
                 raise PromptFileError(path, f"task {task!r} class {c}: needs a non-empty list of descriptions")
-            prompts[int(c)] = [t.replace(BLANK, d) for t in templates for d in desc]
-        out[RELEASED_TASK_NAMES.get(task, task)] = prompts
-    return out
+            per_class[int(c)] = list(desc)
+        out[RELEASED_TASK_NAMES.get(task, task)] = per_class
+    return list(templates), out
 
 
 def _normalise(x: np.ndarray) -> np.ndarray:
@@ -189,3 +196,28 @@ def pair_auc_distribution(image_embeddings: np.ndarray, labels: np.ndarray, clas
     aucs = np.array([roc_auc_score(y, s1[:, b] - s0[:, a]) for a, b in zip(i0, i1)])
     return {"mean": float(aucs.mean()), "low": float(np.percentile(aucs, 2.5)),
             "high": float(np.percentile(aucs, 97.5)), "n": int(len(y)), "aucs": aucs.tolist()}
+
+
+def description_aucs(image_embeddings: np.ndarray, labels: np.ndarray, classes: dict[int, np.ndarray],
+                     descriptions: dict[int, list[str]]) -> list[dict] | None:
+    """Per description of a binary task: the AUC for class 1 of the images' mean similarity to
+    that description's prompts (one per template). A class-0 description above 0.5 draws the
+    positive cases: a prompt the text encoder reads the wrong way (e.g. a negation it ignores).
+    None when the embeddings do not hold templates x descriptions prompts per class."""
+    from sklearn.metrics import roc_auc_score
+
+    y = np.asarray(labels, float)
+    ok = ~np.isnan(y) & (y >= 0)
+    y, img = y[ok].astype(int), _normalise(np.asarray(image_embeddings)[ok])
+    if len(np.unique(y)) < 2:
+        return None
+    out = []
+    for c in sorted(classes):
+        n_desc = len(descriptions.get(c, []))
+        n_prompts = len(classes[c])
+        if not n_desc or n_prompts % n_desc:
+            return None
+        sims = (img @ _normalise(classes[c]).T).reshape(len(y), n_prompts // n_desc, n_desc).mean(axis=1)
+        out += [{"class": c, "description": d, "auc": float(roc_auc_score(y, sims[:, j]))}
+                for j, d in enumerate(descriptions[c])]
+    return out

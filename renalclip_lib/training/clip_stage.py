@@ -393,8 +393,8 @@ def write_clip_outputs(cfg: TrainConfig, run_dir, reports: dict | None = None, f
     from ..data.datasets import group_units
     from ..data.roi_cache import open_cache
     from ..evaluation.retrieval import retrieval_summary
-    from ..evaluation.zeroshot import (load_prompt_embeddings, pair_auc_distribution, save_prompt_embeddings,
-                                       zeroshot_probabilities)
+    from ..evaluation.zeroshot import (description_aucs, load_prompt_embeddings, pair_auc_distribution,
+                                       read_prompt_file, save_prompt_embeddings, zeroshot_probabilities)
     from ..models import load_checkpoint
     from .image_stages import EVAL_SPLITS, _cache, cohort_groups, lesion_units
     from .predictions import write_rows
@@ -448,6 +448,7 @@ def write_clip_outputs(cfg: TrainConfig, run_dir, reports: dict | None = None, f
             write_rows(out / "predictions.csv", rows)
             written["predictions"] = str(out / "predictions.csv")
             summary = {}
+            descriptions = read_prompt_file(cfg.clip.prompts or None)[1]
             for group, members in {"all": rows, **cohort_groups(cfg, rows)}.items():
                 member_ids = {id(r) for r in members}
                 keep = np.array([id(r) in member_ids for r in rows])
@@ -456,8 +457,10 @@ def write_clip_outputs(cfg: TrainConfig, run_dir, reports: dict | None = None, f
                         continue
                     y = np.array([parse_label(rows[i].get(f"{task}_true", "")) for i in np.flatnonzero(keep)])
                     dist = pair_auc_distribution(img[keep], y, classes, cfg.clip.prompt_pairs, cfg.clip.prompt_pair_seed)
-                    summary.setdefault(task, {})[group] = {"max_similarity_auc": _auc(y, probs[task][keep]),
-                                                           "prompt_pairs": {k: dist[k] for k in ("mean", "low", "high", "n")}}
+                    summary.setdefault(task, {})[group] = {
+                        "max_similarity_auc": _auc(y, probs[task][keep]),
+                        "prompt_pairs": {k: dist[k] for k in ("mean", "low", "high", "n")},
+                        "descriptions": description_aucs(img[keep], y, classes, descriptions.get(task, {}))}
             atomic_write_json(out / "zeroshot.json", {"logit_scale": scale, "fuse_phases": bool(cfg.clip.fuse_phases),
                                                       "tasks": summary})
             written["zeroshot"] = str(out / "zeroshot.json")
