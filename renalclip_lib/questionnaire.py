@@ -28,6 +28,11 @@ class Question:
     def n_classes(self) -> int:
         return len(self.options)
 
+    @property
+    def head_name(self) -> str:
+        """The question's head in attribute checkpoints, as released: ``text_label_<release id>``."""
+        return f"text_label_{self.release_id}"
+
     def column(self, side: str) -> str:
         return f"q_{self.key}_{side}"
 

@@ -32,7 +32,7 @@ from .distributed import DistContext
 from .finetune import unit_targets
 from .loop import fit
 
-HEAD_NAMES = [f"text_label_{q.release_id}" for q in QUESTIONS]
+HEAD_NAMES = [q.head_name for q in QUESTIONS]
 TARGET_COLUMNS = [f"q_{q.key}" for q in QUESTIONS]
 
 

@@ -29,11 +29,6 @@ TASK_QUESTIONS: dict[str, tuple[str, tuple[tuple[str, ...], ...]]] = {
 }
 
 
-def question_head_name(key: str) -> str:
-    """A question's head name in attribute checkpoints (the release's ``text_label_<id>``)."""
-    return f"text_label_{QUESTION_BY_KEY[key].release_id}"
-
-
 def class_directions(head: AttributeHead, key: str, groups) -> torch.Tensor:
     """(C, in) rows w_c = mean of question ``key``'s weights over class c's options, centred over c."""
     options = QUESTION_BY_KEY[key].options
@@ -68,7 +63,7 @@ def transfer_question_heads(classifiers, source_heads: dict, source) -> list[str
         if task not in TASK_QUESTIONS:
             continue
         key, groups = TASK_QUESTIONS[task]
-        name = question_head_name(key)
+        name = QUESTION_BY_KEY[key].head_name
         question_head = source_heads.get(name)
         if not isinstance(question_head, AttributeHead):
             raise ConfigError(str(source), f"finetune.head_init 'attributes': no question head '{name}' "
